@@ -1,0 +1,46 @@
+# Set-up and everyday commands. Run as root on Debian 12: `make run` starts the daemon on its built-in
+# defaults, `make test` runs the tests against the real kernel. Both install what they need first.
+PYTHON    ?= /usr/bin/python3
+VENV      ?= .venv
+PREFIX    ?= /opt/nflogd
+# System packages: the build (compiler, headers, libnetfilter_log), and the real tools the tests drive.
+APT_BUILD := build-essential pkg-config python3-dev python3-venv libnetfilter-log-dev libmnl-dev
+APT_TEST  := nftables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd
+STAMP_DEPS := $(VENV)/.deps-installed
+STAMP_BUILD := $(VENV)/.built
+SOURCES := $(wildcard nflogd/_nflog/*.c nflogd/_nflog/*.h) setup.py pyproject.toml
+
+.PHONY: all deps venv build run test check-c install clean
+
+all: build
+
+deps: $(STAMP_DEPS)
+$(STAMP_DEPS):
+	@missing=$$(for p in $(APT_BUILD) $(APT_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  if echo "$$missing" | grep -qw prometheus && [ -d /run/systemd/system ]; then \
+	    systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	  fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	touch $@
+
+venv build: $(STAMP_BUILD)
+$(STAMP_BUILD): $(STAMP_DEPS) $(SOURCES)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+run: build
+	$(VENV)/bin/nflogd $(ARGS)
+
+test: build
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+install: build
+	./systemd/install.sh $(PREFIX)
+
+clean:
+	rm -rf $(VENV) build *.egg-info nflogd/*.so
