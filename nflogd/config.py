@@ -1,0 +1,554 @@
+"""YAML configuration: load and validate nflogd.yaml, report errors as FILE:LINE:COL: message.
+
+The file is composed into PyYAML nodes (SafeLoader) instead of being loaded into plain Python
+objects, because only the nodes know where each value was written: every check can then name the
+line the user has to fix. Working on nodes also lets us reject duplicate mapping keys, which
+yaml.safe_load silently collapses (the last one wins), hiding typos such as two `rcvbuf:` lines.
+
+The built-in defaults live in the dataclass field defaults below; config/nflogd.yaml spells out
+the same values and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = [
+    "ActionRule",
+    "BUILTIN_SOURCE",
+    "Config",
+    "ConfigError",
+    "DEFAULT_ACTIONS",
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_LABELS",
+    "GroupConfig",
+    "LABEL_NAMES",
+    "LOG_LEVELS",
+    "classify",
+    "default_config",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/nflogd/nflogd.yaml"
+BUILTIN_SOURCE = "<built-in defaults>"
+
+# Record labels offered for nflog_packets_total / nflog_bytes_total, in SPEC order.
+LABEL_NAMES: Tuple[str, ...] = (
+    "group", "prefix", "action", "indev", "outdev", "physindev", "physoutdev",
+    "uid", "gid", "family", "proto", "hook", "mark",
+)
+DEFAULT_LABELS: Tuple[str, ...] = ("group", "prefix", "indev", "outdev", "uid")
+LOG_LEVELS: Tuple[str, ...] = ("debug", "info", "warning", "error")
+
+# Value ranges. The kernel limits come from nfnetlink_log: qthresh is a u32, the flush timer is
+# in 1/100 s in a u16 (655.35 s), the netlink buffer is capped at 128 KiB, and copy_range is
+# clamped to 0xffff minus the nfattr header. The receive buffer is passed to setsockopt() as a C
+# int, hence 2**31-1.
+_GROUP_RANGE = (0, 65535)
+_QTHRESH_RANGE = (1, 2**32 - 1)
+_TIMEOUT_RANGE = (0, 655.35)
+_NLBUF_RANGE = (4096, 131072)
+_COPY_RANGE_RANGE = (0, 65531)
+_RCVBUF_RANGE = (4096, 2**31 - 1)
+
+_TOP_KEYS = ("listen", "metrics_path", "log_level", "max_series", "labels", "actions", "groups",
+             "web_config_file")
+_GROUP_KEYS = ("group", "qthresh", "timeout", "nlbuf", "copy_range", "rcvbuf", "rcvbuf_max",
+               "labels")
+_ACTION_KEYS = ("match", "action")
+
+_PROM_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+# YAML 1.2 floats such as 1e-2, which PyYAML (YAML 1.1) resolves to strings.
+_YAML12_FLOAT_RE = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+_TAG = "tag:yaml.org,2002:"
+_TYPE_NAMES = {
+    _TAG + "null": "null", _TAG + "bool": "a boolean", _TAG + "int": "an integer",
+    _TAG + "float": "a float", _TAG + "str": "a string", _TAG + "timestamp": "a date",
+    _TAG + "binary": "binary data",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is one line: ``FILE:LINE:COL: what is wrong``.
+
+    ``line`` and ``column`` are 1-based and None when the problem has no position (for
+    example an unreadable file, which gives ``FILE: cannot read: <reason>``).
+    """
+
+    def __init__(self, message: str, path: str, line: Optional[int] = None,
+                 column: Optional[int] = None) -> None:
+        self.message = " ".join(message.split("\n"))  # callers print one line per error
+        self.path = path
+        self.line = line
+        self.column = column
+        where = path
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        super().__init__(f"{where}: {self.message}")
+
+    def __reduce__(self) -> Any:
+        # Exception pickles args (the formatted text), which does not match our signature.
+        return (ConfigError, (self.message, self.path, self.line, self.column))
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One NFLOG group to bind, with its kernel and socket settings and constant labels."""
+
+    group: int
+    qthresh: int = 10000
+    timeout: float = 1.0
+    nlbuf: int = 131072
+    copy_range: int = 128
+    rcvbuf: int = 8388608
+    rcvbuf_max: int = 67108864
+    labels: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """Prefix pattern (compiled with re.IGNORECASE, applied with search) and its action name."""
+
+    pattern: re.Pattern[str]
+    action: str
+
+
+DEFAULT_ACTIONS: Tuple[ActionRule, ...] = (
+    ActionRule(re.compile("drop|deny|block", re.IGNORECASE), "drop"),
+    ActionRule(re.compile("reject", re.IGNORECASE), "reject"),
+    ActionRule(re.compile("accept|allow|pass", re.IGNORECASE), "accept"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. Field defaults are the built-in defaults.
+
+    ``listen_host`` is "" for all addresses; an IPv6 address is stored without brackets.
+    ``web_config_file`` is absolute when it was given relative to a config file.
+    ``source`` is the file the config was read from, or BUILTIN_SOURCE.
+    """
+
+    listen_host: str = ""
+    listen_port: int = 10040
+    metrics_path: str = "/metrics"
+    log_level: str = "info"
+    max_series: int = 10000
+    labels: Tuple[str, ...] = DEFAULT_LABELS
+    actions: Tuple[ActionRule, ...] = DEFAULT_ACTIONS
+    groups: Tuple[GroupConfig, ...] = (GroupConfig(group=0),)
+    web_config_file: Optional[str] = None
+    source: str = BUILTIN_SOURCE
+
+    @property
+    def listen(self) -> str:
+        """The listen address as "host:port" again, IPv6 in brackets (for log messages)."""
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+    def group(self, n: int) -> GroupConfig:
+        """Return the settings of NFLOG group ``n``; KeyError if it is not configured."""
+        for g in self.groups:
+            if g.group == n:
+                return g
+        raise KeyError(n)
+
+
+def default_config() -> Config:
+    """The built-in defaults, used when no config file is given and the default path is absent."""
+    return Config()
+
+
+def classify(prefix: str, rules: Iterable[ActionRule]) -> str:
+    """Return the action of the first rule whose pattern is found in ``prefix``, else "other"."""
+    for rule in rules:
+        if rule.pattern.search(prefix):
+            return rule.action
+    return "other"
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the YAML config at ``path``; raise ConfigError on any problem.
+
+    An empty file (or one holding only comments) gives the built-in defaults.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"not valid UTF-8 (byte 0x{data[e.start]:02x})", path, line,
+                          column) from None
+
+    loader: Optional[yaml.SafeLoader] = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
+        root = loader.get_single_node()
+        return _Reader(path, loader).config(root)
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        # PyYAML gives the character as its code point for str input, as bytes otherwise.
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise ConfigError(f"invalid YAML: unacceptable character #x{code:04x}", path, line,
+                          column) from None
+    except yaml.MarkedYAMLError as e:
+        raise _yaml_error(path, e) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_error(path: str, e: yaml.MarkedYAMLError) -> ConfigError:
+    """Turn a PyYAML syntax error (several lines of text) into one located ConfigError."""
+    mark = e.problem_mark or e.context_mark
+    parts = []
+    if e.context:
+        context = e.context
+        if e.context_mark is not None and mark is not None and e.context_mark.line != mark.line:
+            context += f" (line {e.context_mark.line + 1})"
+        parts.append(context)
+    if e.problem:
+        parts.append(e.problem)
+    message = "invalid YAML: " + (": ".join(parts) or str(e))
+    if mark is None:
+        return ConfigError(message, path)
+    return ConfigError(message, path, mark.line + 1, mark.column + 1)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _describe(node: Node) -> str:
+    """Name a node's type for 'expected X, got Y' messages, with the text as written."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    name = _TYPE_NAMES.get(node.tag, f"a value tagged {node.tag}")
+    if node.tag == _TAG + "null":
+        return name
+    return f"{name} ({node.value!r})"
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, else the list of all choices."""
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(choices)})"
+
+
+class _Reader:
+    """Walks the composed node tree, building Config pieces or raising a located ConfigError.
+
+    Each method takes ``where``, the dotted path of the value (e.g. ``groups[1].group``), so
+    messages say which setting is wrong as well as where it is.
+    """
+
+    def __init__(self, path: str, loader: yaml.SafeLoader) -> None:
+        self.path = path
+        self.loader = loader  # only used to construct scalars the way yaml.safe_load would
+
+    def error(self, node: Node, message: str) -> ConfigError:
+        mark = node.start_mark
+        return ConfigError(message, self.path, mark.line + 1, mark.column + 1)
+
+    # --- generic typed accessors ---------------------------------------------------------
+
+    def construct(self, node: ScalarNode, where: str) -> Any:
+        try:
+            return self.loader.construct_object(node)
+        except (ValueError, yaml.YAMLError):  # e.g. `!!int abc`
+            raise self.error(node, f"{where}: cannot read {node.value!r} as "
+                                   f"{_TYPE_NAMES.get(node.tag, node.tag)}") from None
+
+    def mapping(self, node: Node, where: str, known: Optional[Tuple[str, ...]],
+                _merging: Tuple[int, ...] = ()) -> Dict[str, Tuple[Node, Node]]:
+        """Return {key: (key node, value node)}; reject duplicate and (if ``known``) unknown keys.
+
+        YAML merge keys (``<<: *anchor``) are honoured, so entries can share settings; keys
+        written in the mapping itself override merged ones, as the YAML spec says.
+        """
+        if not isinstance(node, MappingNode):
+            raise self.error(node, f"{where or 'the top level'}: expected a mapping "
+                                   f"(key: value), got {_describe(node)}")
+        own: Dict[str, Tuple[Node, Node]] = {}
+        merged: Dict[str, Tuple[Node, Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode):
+                raise self.error(key, f"{where or 'the top level'}: keys must be plain names, "
+                                      f"got {_describe(key)}")
+            name = key.value
+            if name in own:
+                raise self.error(key, f"{_join(where, name)}: duplicate key (first given at "
+                                      f"line {own[name][0].start_mark.line + 1})")
+            if key.tag == _TAG + "merge":
+                own[name] = (key, value)
+                sources = value.value if isinstance(value, SequenceNode) else [value]
+                for source in sources:
+                    if id(source) in _merging or id(source) == id(node):
+                        raise self.error(source, f"{where or 'the top level'}: "
+                                                 "merge key refers to itself")
+                    items = self.mapping(source, where, known, _merging + (id(node),))
+                    for k, kv in items.items():
+                        merged.setdefault(k, kv)  # the first merged mapping wins
+                continue
+            if known is not None and name not in known:
+                raise self.error(key, f"{where + ': ' if where else ''}unknown key {name!r}"
+                                      + _suggest(name, known))
+            own[name] = (key, value)
+        own.pop("<<", None)
+        merged.update(own)
+        return merged
+
+    def sequence(self, node: Node, where: str) -> List[Node]:
+        if not isinstance(node, SequenceNode):
+            hint = " (write [] for none, or leave the key out for the default)" \
+                if node.tag == _TAG + "null" else ""
+            raise self.error(node, f"{where}: expected a list, got {_describe(node)}{hint}")
+        return list(node.value)
+
+    def string(self, node: Node, where: str) -> str:
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "str":
+            return str(self.construct(node, where))
+        hint = "; put it in quotes" if isinstance(node, ScalarNode) and node.value else ""
+        raise self.error(node, f"{where}: expected a string, got {_describe(node)}{hint}")
+
+    def integer(self, node: Node, where: str, lo: int, hi: Optional[int]) -> int:
+        # bool is a subclass of int in Python, but `true` is never a sensible buffer size.
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG + "int"):
+            raise self.error(node, f"{where}: expected an integer, got {_describe(node)}")
+        value = self.construct(node, where)
+        self.check_range(node, where, value, lo, hi)
+        return int(value)
+
+    def number(self, node: Node, where: str, lo: float, hi: float) -> float:
+        value: Any = None
+        if isinstance(node, ScalarNode):
+            if node.tag in (_TAG + "int", _TAG + "float"):
+                value = self.construct(node, where)
+            elif node.tag == _TAG + "str" and node.style is None \
+                    and _YAML12_FLOAT_RE.fullmatch(node.value):
+                value = float(node.value)  # unquoted 1e-2: a number to anyone but YAML 1.1
+        if value is None:
+            raise self.error(node, f"{where}: expected a number, got {_describe(node)}")
+        self.check_range(node, where, value, lo, hi)
+        return float(value)
+
+    def check_range(self, node: Node, where: str, value: Any, lo: Any, hi: Any) -> None:
+        # Written as "not (lo <= value <= hi)" so that .nan fails too.
+        if hi is None:
+            if not lo <= value:
+                raise self.error(node, f"{where}: {node.value} is too small, "
+                                       f"it must be at least {lo}")
+        elif not lo <= value <= hi:
+            raise self.error(node, f"{where}: {node.value} is out of range {lo}-{hi}")
+
+    # --- the config schema ---------------------------------------------------------------
+
+    def config(self, root: Optional[Node]) -> Config:
+        if root is None or (isinstance(root, ScalarNode) and root.tag == _TAG + "null"):
+            return Config(source=self.path)  # empty file: all defaults
+        if not isinstance(root, MappingNode):
+            raise self.error(root, "the top level must be a mapping of settings (key: value), "
+                                   f"got {_describe(root)}")
+        keys = self.mapping(root, "", _TOP_KEYS)
+        kw: Dict[str, Any] = {"source": self.path}
+        if "listen" in keys:
+            kw["listen_host"], kw["listen_port"] = self.listen(keys["listen"][1])
+        if "metrics_path" in keys:
+            kw["metrics_path"] = self.metrics_path(keys["metrics_path"][1])
+        if "log_level" in keys:
+            kw["log_level"] = self.log_level(keys["log_level"][1])
+        if "max_series" in keys:
+            kw["max_series"] = self.integer(keys["max_series"][1], "max_series", 1, None)
+        if "labels" in keys:
+            kw["labels"] = self.labels(keys["labels"][1])
+        if "actions" in keys:
+            kw["actions"] = self.actions(keys["actions"][1])
+        if "groups" in keys:
+            kw["groups"] = self.groups(keys["groups"][1])
+        if "web_config_file" in keys:
+            kw["web_config_file"] = self.web_config_file(keys["web_config_file"][1])
+        return Config(**kw)
+
+    def listen(self, node: Node) -> Tuple[str, int]:
+        text = self.string(node, "listen")
+        usage = 'use "host:port", e.g. ":10040" (all addresses), "127.0.0.1:10040", "[::1]:10040"'
+        host, sep, port = text.rpartition(":")
+        if not sep or text.endswith("]"):  # "[::1]" has colons but no port
+            raise self.error(node, f"listen: {text!r} has no port; {usage}")
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+            raise self.error(node, f"listen: port {port!r} is not a number 1-65535; {usage}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise self.error(node, f"listen: [{host}] is not an IPv6 address") from None
+        elif ":" in host or "[" in host or "]" in host:
+            raise self.error(node, f"listen: {host!r} is not a host; IPv6 addresses must be "
+                                   f"in brackets; {usage}")
+        elif re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise self.error(node, f"listen: {host!r} is not an IPv4 address") from None
+        elif host and not (len(host) <= 253 and _HOSTNAME_RE.fullmatch(host)):
+            raise self.error(node, f"listen: {host!r} is not a valid host name; {usage}")
+        return host, int(port)
+
+    def metrics_path(self, node: Node) -> str:
+        text = self.string(node, "metrics_path")
+        if not text.startswith("/"):
+            raise self.error(node, f"metrics_path: {text!r} must start with '/'")
+        if text == "/":
+            raise self.error(node, "metrics_path: '/' is the landing page; "
+                                   "use a path such as '/metrics'")
+        # A URL path never contains these, so such a path could never be scraped.
+        if re.search(r"[\s?#]|[\x00-\x1f\x7f]", text):
+            raise self.error(node, f"metrics_path: {text!r} must not contain spaces, "
+                                   "control characters, '?' or '#'")
+        return text
+
+    def log_level(self, node: Node) -> str:
+        text = self.string(node, "log_level")
+        if text.lower() not in LOG_LEVELS:
+            raise self.error(node, f"log_level: {text!r} is not one of {', '.join(LOG_LEVELS)}")
+        return text.lower()
+
+    def labels(self, node: Node) -> Tuple[str, ...]:
+        seen: Dict[str, Node] = {}
+        for i, item in enumerate(self.sequence(node, "labels")):
+            where = f"labels[{i}]"
+            name = self.string(item, where)
+            if name not in LABEL_NAMES:
+                close = difflib.get_close_matches(name, LABEL_NAMES, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise self.error(item, f"{where}: unknown label {name!r}; {hint}"
+                                       f"offered: {', '.join(LABEL_NAMES)}")
+            if name in seen:
+                raise self.error(item, f"{where}: label {name!r} is listed twice "
+                                       f"(first at line {seen[name].start_mark.line + 1})")
+            seen[name] = item
+        return tuple(seen)
+
+    def actions(self, node: Node) -> Tuple[ActionRule, ...]:
+        rules = []
+        for i, item in enumerate(self.sequence(node, "actions")):
+            where = f"actions[{i}]"
+            keys = self.mapping(item, where, _ACTION_KEYS)
+            for required in _ACTION_KEYS:
+                if required not in keys:
+                    raise self.error(item, f"{where}: missing required key {required!r}")
+            match_node = keys["match"][1]
+            text = self.string(match_node, f"{where}.match")
+            try:
+                pattern = re.compile(text, re.IGNORECASE)
+            except re.error as e:
+                raise self.error(match_node, f"{where}.match: invalid regular expression "
+                                             f"{text!r}: {e}") from None
+            action = self.string(keys["action"][1], f"{where}.action")
+            if not action:
+                raise self.error(keys["action"][1], f"{where}.action: must not be empty")
+            rules.append(ActionRule(pattern, action))
+        return tuple(rules)
+
+    def groups(self, node: Node) -> Tuple[GroupConfig, ...]:
+        items = self.sequence(node, "groups")
+        if not items:
+            raise self.error(node, "groups: must list at least one group")
+        groups: List[GroupConfig] = []
+        first: Dict[int, Tuple[int, Node]] = {}  # group number -> (index, node) of its entry
+        for i, item in enumerate(items):
+            where = f"groups[{i}]"
+            group, group_node = self.group(item, where)
+            if group.group in first:
+                j, other = first[group.group]
+                raise self.error(group_node, f"{where}.group: group {group.group} is listed "
+                                             f"twice, also as groups[{j}] at line "
+                                             f"{other.start_mark.line + 1}")
+            first[group.group] = (i, group_node)
+            groups.append(group)
+        return tuple(groups)
+
+    def group(self, node: Node, where: str) -> Tuple[GroupConfig, Node]:
+        """Return one group entry and the node of its `group:` value (for duplicate errors)."""
+        keys = self.mapping(node, where, _GROUP_KEYS)
+        if "group" not in keys:
+            raise self.error(node, f"{where}: missing required key 'group' (the NFLOG group "
+                                   f"number {_GROUP_RANGE[0]}-{_GROUP_RANGE[1]})")
+        kw: Dict[str, Any] = {}
+        int_ranges = {"group": _GROUP_RANGE, "qthresh": _QTHRESH_RANGE, "nlbuf": _NLBUF_RANGE,
+                      "copy_range": _COPY_RANGE_RANGE, "rcvbuf": _RCVBUF_RANGE,
+                      "rcvbuf_max": _RCVBUF_RANGE}
+        for key, (lo, hi) in int_ranges.items():
+            if key in keys:
+                kw[key] = self.integer(keys[key][1], f"{where}.{key}", lo, hi)
+        if "timeout" in keys:
+            kw["timeout"] = self.number(keys["timeout"][1], f"{where}.timeout", *_TIMEOUT_RANGE)
+        if "labels" in keys:
+            kw["labels"] = self.constant_labels(keys["labels"][1], f"{where}.labels")
+        group = GroupConfig(**kw)
+        if group.rcvbuf_max < group.rcvbuf:
+            # Point at whichever of the two was written; the other is its default.
+            key = "rcvbuf_max" if "rcvbuf_max" in keys else "rcvbuf"
+            raise self.error(keys[key][1], f"{where}.{key}: rcvbuf_max ({group.rcvbuf_max}) "
+                                           f"must be at least rcvbuf ({group.rcvbuf})")
+        return group, keys["group"][1]
+
+    def constant_labels(self, node: Node, where: str) -> Tuple[Tuple[str, str], ...]:
+        labels = []
+        for name, (key, value) in self.mapping(node, where, None).items():
+            lwhere = f"{where}.{name}"
+            if not _PROM_LABEL_RE.fullmatch(name) or name.startswith("__"):
+                raise self.error(key, f"{lwhere}: {name!r} is not a valid Prometheus label name "
+                                      "(letters, digits and '_', not starting with a digit "
+                                      "or '__')")
+            if name in LABEL_NAMES:
+                raise self.error(key, f"{lwhere}: {name!r} clashes with the record label of "
+                                      f"that name; record labels: {', '.join(LABEL_NAMES)}")
+            # Numbers are fine as label values and kept as written (rack: 012 stays "012");
+            # booleans and null are not, since `yes` turning into "True" would surprise.
+            if isinstance(value, ScalarNode) and value.tag in (_TAG + "int", _TAG + "float"):
+                text = value.value
+            else:
+                text = self.string(value, lwhere)
+            if not text:
+                raise self.error(value, f"{lwhere}: empty value (Prometheus treats an empty "
+                                        "label as absent)")
+            labels.append((name, text))
+        return tuple(labels)
+
+    def web_config_file(self, node: Node) -> Optional[str]:
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
+            return None
+        text = self.string(node, "web_config_file")
+        if not text:
+            raise self.error(node, "web_config_file: must not be empty (leave it out, or null, "
+                                   "for plain HTTP)")
+        # Relative to the config file, as Prometheus does for the files its config names,
+        # so the result does not depend on the daemon's working directory.
+        base = os.path.dirname(os.path.abspath(self.path))
+        return os.path.normpath(os.path.join(base, text))
