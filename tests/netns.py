@@ -7,6 +7,8 @@ Traffic never leaves the namespaces a test made.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = str(Path(sys.executable))
@@ -23,6 +25,7 @@ VENV_PYTHON = str(Path(sys.executable))
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 _counter = itertools.count()
+CLONE_NEWNET = 0x40000000
 
 
 def require_root() -> None:
@@ -68,11 +71,31 @@ class Netns:
         # Kill whatever still runs inside, then remove the namespace itself.
         pids = run(["ip", "netns", "pids", self.name], check=False).stdout.split()
         for pid in pids:
+            if pid == str(os.getpid()).encode():
+                continue
             try:
                 os.kill(int(pid), 9)
             except (ProcessLookupError, ValueError):
                 pass
         run(["ip", "netns", "delete", self.name], check=False)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Move the calling thread into this namespace (sockets made meanwhile stay in it)."""
+        libc = ctypes.CDLL(None, use_errno=True)  # os.setns needs Python 3.12
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {self.name} failed")
+            try:
+                yield
+            finally:
+                if libc.setns(home, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back home failed")
+        finally:
+            os.close(home)
+            os.close(target)
 
     # -- running things inside ----------------------------------------------------------------
     def argv(self, cmd: Sequence[str], uid: int | None = None) -> list[str]:

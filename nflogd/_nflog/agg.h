@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Fold records into packet/byte counters keyed by chosen fields: one hash lookup per record, no
+ * allocation once a key exists. Pure C; the caller holds agg->lock around fold and copy. */
+#ifndef NFLOGD_AGG_H
+#define NFLOGD_AGG_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "record.h"
+
+enum agg_field {
+	F_GROUP, F_PREFIX, F_INDEV, F_OUTDEV, F_PHYSINDEV, F_PHYSOUTDEV,
+	F_UID, F_GID, F_FAMILY, F_PROTO, F_HOOK, F_MARK, F_HWPROTO, F_NFIELDS
+};
+
+extern const char *const agg_field_names[F_NFIELDS];
+
+/* Which optional values a key carries (absent differs from 0 for uid, gid and proto). */
+#define KEY_HAS_UID 1u
+#define KEY_HAS_GID 2u
+#define KEY_HAS_PROTO 4u
+
+/* Fixed part first, in 8-byte words, so hashing and comparing are word loops. */
+struct agg_key {
+	uint32_t indev, outdev, physindev, physoutdev;
+	uint32_t uid, gid, mark;
+	uint16_t group, hwproto;
+	uint8_t family, proto, hook, flags;
+	uint8_t prefix_len, pad[3];
+	char prefix[NFLOG_PREFIX_MAX + 1];
+};
+#define AGG_KEY_FIXED offsetof(struct agg_key, prefix)
+
+struct agg_entry {
+	struct agg_key key;
+	uint64_t hash;
+	uint64_t packets, bytes;
+};
+
+/* A limit on keys shared by several tables (the daemon's max_series across groups). */
+struct agg_budget {
+	long limit;
+	long used;  /* atomic */
+};
+
+struct agg_table {
+	pthread_mutex_t lock;
+	uint32_t fields;            /* bit per enum agg_field */
+	size_t max_keys;
+	struct agg_budget *budget;  /* may be NULL */
+	uint32_t *slots;            /* open addressing: index + 1 into entries; 0 = empty */
+	size_t nslots;              /* power of two */
+	struct agg_entry *entries;  /* dense, in insertion order */
+	size_t nentries, capacity;
+	uint64_t overflow_packets, overflow_bytes, records;
+};
+
+int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
+void agg_destroy(struct agg_table *t);
+/* Count one record; the caller holds t->lock. */
+void agg_fold(struct agg_table *t, const struct nflog_record *rec);
+/* Drop all keys (returning them to the budget); the caller holds t->lock. */
+void agg_clear(struct agg_table *t);
+
+#endif

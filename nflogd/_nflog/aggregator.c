@@ -1,0 +1,382 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Aggregator and SeriesBudget: the Python face of agg.c. Readers take a copy under the lock and
+ * build Python objects after releasing it, so a scrape holds up a worker only for a memcpy. */
+#include "nflog.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+	PyObject_HEAD
+	struct agg_budget b;
+} BudgetObject;
+
+typedef struct {
+	PyObject_HEAD
+	struct agg_table t;
+	PyObject *budget;            /* BudgetObject or NULL */
+	PyObject *fields;            /* tuple of names, in the caller's order */
+	int order[F_NFIELDS];        /* field ids in that order */
+	int nfields;
+} AggregatorObject;
+
+/* ---- SeriesBudget ------------------------------------------------------------------------- */
+
+static int budget_init(BudgetObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"limit", NULL};
+	long limit;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "l:SeriesBudget", kwlist, &limit))
+		return -1;
+	if (limit < 0) {
+		PyErr_SetString(PyExc_ValueError, "limit must be >= 0");
+		return -1;
+	}
+	__atomic_store_n(&self->b.limit, limit, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static PyObject *budget_get_limit(BudgetObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLong(__atomic_load_n(&self->b.limit, __ATOMIC_RELAXED));
+}
+
+static int budget_set_limit(BudgetObject *self, PyObject *v, void *c)
+{
+	(void)c;
+	long limit = v ? PyLong_AsLong(v) : -1;
+	if (limit == -1 && PyErr_Occurred())
+		return -1;
+	if (limit < 0) {
+		PyErr_SetString(PyExc_ValueError, "limit must be >= 0");
+		return -1;
+	}
+	/* Lowering it keeps the keys that exist; only new keys are refused. */
+	__atomic_store_n(&self->b.limit, limit, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static PyObject *budget_get_used(BudgetObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLong(__atomic_load_n(&self->b.used, __ATOMIC_RELAXED));
+}
+
+static PyGetSetDef budget_getset[] = {
+	{"limit", (getter)budget_get_limit, (setter)budget_set_limit,
+	 PyDoc_STR("Most keys all aggregators sharing this budget may hold together."), NULL},
+	{"used", (getter)budget_get_used, NULL, PyDoc_STR("Keys held now."), NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(budget_doc,
+"SeriesBudget(limit)\n--\n\n"
+"A cap on distinct keys shared by several Aggregators (e.g. one per NFLOG group). A record whose\n"
+"new key would exceed it is counted in its aggregator's overflow instead.");
+
+PyTypeObject BudgetType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "nflogd.nflog.SeriesBudget",
+	.tp_basicsize = sizeof(BudgetObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = budget_doc,
+	.tp_init = (initproc)budget_init,
+	.tp_new = PyType_GenericNew,
+	.tp_getset = budget_getset,
+};
+
+/* ---- Aggregator --------------------------------------------------------------------------- */
+
+struct agg_table *aggregator_table(PyObject *agg)
+{
+	return &((AggregatorObject *)agg)->t;
+}
+
+static int field_id(PyObject *name)
+{
+	const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+	if (s)
+		for (int i = 0; i < F_NFIELDS; i++)
+			if (strcmp(s, agg_field_names[i]) == 0)
+				return i;
+	if (!PyErr_Occurred())
+		PyErr_Format(PyExc_ValueError, "unknown aggregation field %R (known: see nflog.FIELDS)", name);
+	return -1;
+}
+
+static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"fields", "max_keys", "budget", NULL};
+	PyObject *fields, *seq, *budget = Py_None;
+	Py_ssize_t max_keys = 65536;
+	uint32_t mask = 0;
+
+	if (self->t.slots) {
+		PyErr_SetString(PyExc_RuntimeError, "Aggregator is already initialised");
+		return -1;
+	}
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO:Aggregator", kwlist, &fields, &max_keys,
+					 &budget))
+		return -1;
+	if (max_keys < 0 || max_keys > UINT32_MAX - 1) {
+		PyErr_SetString(PyExc_ValueError, "max_keys must be within 0..4294967294");
+		return -1;
+	}
+	if (budget != Py_None && !PyObject_TypeCheck(budget, &BudgetType)) {
+		PyErr_SetString(PyExc_TypeError, "budget must be a SeriesBudget or None");
+		return -1;
+	}
+	seq = PySequence_Tuple(fields);
+	if (!seq)
+		return -1;
+	if (PyTuple_GET_SIZE(seq) > F_NFIELDS) {
+		Py_DECREF(seq);
+		PyErr_SetString(PyExc_ValueError, "too many fields");
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+		int id = field_id(PyTuple_GET_ITEM(seq, i));
+		if (id < 0 || (mask & (1u << id))) {
+			if (id >= 0)
+				PyErr_Format(PyExc_ValueError, "field %R given twice", PyTuple_GET_ITEM(seq, i));
+			Py_DECREF(seq);
+			return -1;
+		}
+		mask |= 1u << id;
+		self->order[i] = id;
+	}
+	self->nfields = (int)PyTuple_GET_SIZE(seq);
+	if (agg_init(&self->t, mask, (size_t)max_keys,
+		     budget == Py_None ? NULL : &((BudgetObject *)budget)->b) < 0) {
+		Py_DECREF(seq);
+		PyErr_NoMemory();
+		return -1;
+	}
+	self->fields = seq;
+	if (budget != Py_None) {
+		Py_INCREF(budget);
+		self->budget = budget;
+	}
+	return 0;
+}
+
+static void aggregator_dealloc(AggregatorObject *self)
+{
+	agg_destroy(&self->t);
+	Py_XDECREF(self->budget);
+	Py_XDECREF(self->fields);
+	SELF_FREE(self);
+}
+
+static int check_ready(AggregatorObject *self)
+{
+	if (self->t.slots)
+		return 0;
+	PyErr_SetString(PyExc_RuntimeError, "Aggregator.__init__ was not called");
+	return -1;
+}
+
+static PyObject *key_value(const struct agg_key *k, int field)
+{
+	switch (field) {
+	case F_GROUP: return PyLong_FromLong(k->group);
+	case F_PREFIX: return PyBytes_FromStringAndSize(k->prefix, k->prefix_len);
+	case F_INDEV: case F_OUTDEV: case F_PHYSINDEV: case F_PHYSOUTDEV: {
+		uint32_t i = field == F_INDEV ? k->indev : field == F_OUTDEV ? k->outdev
+			   : field == F_PHYSINDEV ? k->physindev : k->physoutdev;
+		if (!i)
+			Py_RETURN_NONE;
+		return PyLong_FromUnsignedLong(i);
+	}
+	case F_UID:
+		if (!(k->flags & KEY_HAS_UID))
+			Py_RETURN_NONE;
+		return PyLong_FromUnsignedLong(k->uid);
+	case F_GID:
+		if (!(k->flags & KEY_HAS_GID))
+			Py_RETURN_NONE;
+		return PyLong_FromUnsignedLong(k->gid);
+	case F_FAMILY: return PyLong_FromLong(k->family);
+	case F_PROTO:
+		if (!(k->flags & KEY_HAS_PROTO))
+			Py_RETURN_NONE;
+		return PyLong_FromLong(k->proto);
+	case F_HOOK: return PyLong_FromLong(k->hook);
+	case F_MARK: return PyLong_FromUnsignedLong(k->mark);
+	default: return PyLong_FromLong(k->hwproto);
+	}
+}
+
+static PyObject *row(AggregatorObject *self, const struct agg_entry *e)
+{
+	PyObject *key = PyTuple_New(self->nfields);
+	if (!key)
+		return NULL;
+	for (int i = 0; i < self->nfields; i++) {
+		PyObject *v = key_value(&e->key, self->order[i]);
+		if (!v) {
+			Py_DECREF(key);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(key, i, v);
+	}
+	return Py_BuildValue("(NKK)", key, (unsigned long long)e->packets,
+			     (unsigned long long)e->bytes);
+}
+
+PyDoc_STRVAR(snapshot_doc,
+"snapshot($self, /)\n--\n\n"
+"Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order\n"
+"given to the constructor (None where the record had no such value). Counters only grow.");
+
+static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
+{
+	struct agg_entry *copy = NULL;
+	size_t n = 0;
+	int nomem = 0;
+	PyObject *list;
+	(void)unused;
+
+	if (check_ready(self) < 0)
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	n = self->t.nentries;
+	if (n) {
+		copy = malloc(n * sizeof(*copy));
+		if (copy)
+			memcpy(copy, self->t.entries, n * sizeof(*copy));
+		else
+			nomem = 1;
+	}
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	if (nomem)
+		return PyErr_NoMemory();
+
+	list = PyList_New((Py_ssize_t)n);
+	for (size_t i = 0; list && i < n; i++) {
+		PyObject *r = row(self, &copy[i]);
+		if (!r) {
+			Py_CLEAR(list);
+			break;
+		}
+		PyList_SET_ITEM(list, (Py_ssize_t)i, r);
+	}
+	free(copy);
+	return list;
+}
+
+PyDoc_STRVAR(clear_doc,
+"clear($self, /)\n--\n\n"
+"Forget every key and counter (returning the keys to the budget).");
+
+static PyObject *aggregator_clear(AggregatorObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (check_ready(self) < 0)
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	agg_clear(&self->t);
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	Py_RETURN_NONE;
+}
+
+/* Small counters read under the lock, so a reader never sees a torn 64-bit value. */
+static PyObject *read_locked(AggregatorObject *self, int which)
+{
+	unsigned long long a = 0, b = 0;
+	if (check_ready(self) < 0)
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	switch (which) {
+	case 0: a = self->t.nentries; break;
+	case 1: a = self->t.overflow_packets; b = self->t.overflow_bytes; break;
+	default: a = self->t.records; break;
+	}
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	return which == 1 ? Py_BuildValue("(KK)", a, b) : PyLong_FromUnsignedLongLong(a);
+}
+
+static PyObject *get_keys(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return read_locked(self, 0);
+}
+
+static PyObject *get_overflow(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return read_locked(self, 1);
+}
+
+static PyObject *get_records(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return read_locked(self, 2);
+}
+
+static PyObject *get_fields(AggregatorObject *self, void *c)
+{
+	(void)c;
+	if (check_ready(self) < 0)
+		return NULL;
+	Py_INCREF(self->fields);
+	return self->fields;
+}
+
+static PyObject *get_max_keys(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromSize_t(self->t.max_keys);
+}
+
+static PyObject *get_budget(AggregatorObject *self, void *c)
+{
+	(void)c;
+	PyObject *b = self->budget ? self->budget : Py_None;
+	Py_INCREF(b);
+	return b;
+}
+
+static PyMethodDef aggregator_methods[] = {
+	{"snapshot", (PyCFunction)aggregator_snapshot, METH_NOARGS, snapshot_doc},
+	{"clear", (PyCFunction)aggregator_clear, METH_NOARGS, clear_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef aggregator_getset[] = {
+	{"keys", (getter)get_keys, NULL, PyDoc_STR("Distinct keys held."), NULL},
+	{"overflow", (getter)get_overflow, NULL,
+	 PyDoc_STR("(packets, bytes) of records whose new key was over a limit."), NULL},
+	{"records", (getter)get_records, NULL, PyDoc_STR("Records folded in all."), NULL},
+	{"fields", (getter)get_fields, NULL, PyDoc_STR("The key fields, in order."), NULL},
+	{"max_keys", (getter)get_max_keys, NULL, PyDoc_STR("This aggregator's own key limit."), NULL},
+	{"budget", (getter)get_budget, NULL, PyDoc_STR("The shared SeriesBudget, or None."), NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(aggregator_doc,
+"Aggregator(fields, max_keys=65536, budget=None)\n--\n\n"
+"Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by\n"
+"Nflog.aggregate() in C with the GIL released; read with snapshot(). A record whose key is new\n"
+"when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`.\n"
+"Bytes are the IP header's total length, so they are right whatever the copy range.");
+
+PyTypeObject AggregatorType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "nflogd.nflog.Aggregator",
+	.tp_basicsize = sizeof(AggregatorObject),
+	.tp_dealloc = (destructor)aggregator_dealloc,
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = aggregator_doc,
+	.tp_init = (initproc)aggregator_init,
+	.tp_new = PyType_GenericNew,
+	.tp_methods = aggregator_methods,
+	.tp_getset = aggregator_getset,
+};

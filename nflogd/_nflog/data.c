@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* NflogData: one record, holding its own copy of the message; values are built when read. */
+#include "nflog.h"
+
+#include <errno.h>
+#include <net/if.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <libnetfilter_log/linux_nfnetlink_log.h>
+
+typedef struct {
+	PyObject_VAR_HEAD
+	struct nflog_record rec;  /* pointers into msg */
+	_Alignas(8) uint8_t msg[1];
+} DataObject;
+
+PyObject *data_from_message(const struct nlmsghdr *nlh)
+{
+	DataObject *d = PyObject_NewVar(DataObject, &DataType, nlh->nlmsg_len);
+	if (!d)
+		return NULL;
+	memcpy(d->msg, nlh, nlh->nlmsg_len);
+	/* Parsed again from our own copy so every pointer stays valid as long as the object. */
+	if (nflog_record_parse((const struct nlmsghdr *)d->msg, &d->rec) < 0) {
+		Py_DECREF(d);
+		return set_error(-EBADMSG, "malformed NFLOG message");
+	}
+	return (PyObject *)d;
+}
+
+static void data_dealloc(DataObject *self)
+{
+	PyObject_Free(self);
+}
+
+#define REC(self) (&((DataObject *)(self))->rec)
+
+static PyObject *u32_or_none(PyObject *self, int attr, uint32_t value)
+{
+	if (!REC_HAS(REC(self), attr))
+		Py_RETURN_NONE;
+	return PyLong_FromUnsignedLong(value);
+}
+
+static PyObject *bytes_or_none(const uint8_t *p, Py_ssize_t len)
+{
+	if (!p)
+		Py_RETURN_NONE;
+	return PyBytes_FromStringAndSize((const char *)p, len);
+}
+
+/* Interface names are looked up when read, not per record: most readers never ask. */
+static PyObject *ifname_or_none(uint32_t ifindex)
+{
+	char name[IF_NAMESIZE];
+	if (!ifindex || !if_indextoname(ifindex, name))
+		Py_RETURN_NONE;
+	return PyUnicode_DecodeFSDefault(name);
+}
+
+static PyObject *get_proto(PyObject *self, void *c)
+{
+	(void)c;
+	if (!REC_HAS(REC(self), NFULA_PACKET_HDR))
+		Py_RETURN_NONE;
+	return PyLong_FromLong(REC(self)->hw_protocol);
+}
+
+static PyObject *get_hook(PyObject *self, void *c)
+{
+	(void)c;
+	if (!REC_HAS(REC(self), NFULA_PACKET_HDR))
+		Py_RETURN_NONE;
+	return PyLong_FromLong(REC(self)->hook);
+}
+
+static PyObject *get_family(PyObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLong(REC(self)->family);
+}
+
+static PyObject *get_group(PyObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLong(REC(self)->group);
+}
+
+static PyObject *get_hwtype(PyObject *self, void *c)
+{
+	(void)c;
+	return u32_or_none(self, NFULA_HWTYPE, REC(self)->hwtype);
+}
+
+static PyObject *get_nfmark(PyObject *self, void *c)
+{
+	(void)c;
+	return u32_or_none(self, NFULA_MARK, REC(self)->mark);
+}
+
+static PyObject *get_uid(PyObject *self, void *c)
+{
+	(void)c;
+	return u32_or_none(self, NFULA_UID, REC(self)->uid);
+}
+
+static PyObject *get_gid(PyObject *self, void *c)
+{
+	(void)c;
+	return u32_or_none(self, NFULA_GID, REC(self)->gid);
+}
+
+static PyObject *get_seq(PyObject *self, void *c)
+{
+	(void)c;
+	return u32_or_none(self, NFULA_SEQ, REC(self)->seq);
+}
+
+static PyObject *get_timestamp(PyObject *self, void *c)
+{
+	const struct nflog_record *r = REC(self);
+	(void)c;
+	if (!REC_HAS(r, NFULA_TIMESTAMP))
+		Py_RETURN_NONE;
+	return PyFloat_FromDouble((double)r->ts_sec + (double)r->ts_usec / 1e6);
+}
+
+/* Devices: the name (resolved now) and the raw index. closure selects which of the four. */
+static uint32_t dev_index(PyObject *self, void *which)
+{
+	const struct nflog_record *r = REC(self);
+	switch ((intptr_t)which) {
+	case 0: return r->indev;
+	case 1: return r->outdev;
+	case 2: return r->physindev;
+	default: return r->physoutdev;
+	}
+}
+
+static PyObject *get_devname(PyObject *self, void *which)
+{
+	return ifname_or_none(dev_index(self, which));
+}
+
+static PyObject *get_devindex(PyObject *self, void *which)
+{
+	uint32_t i = dev_index(self, which);
+	if (!i)
+		Py_RETURN_NONE;
+	return PyLong_FromUnsignedLong(i);
+}
+
+static PyObject *get_hwaddr(PyObject *self, void *c)
+{
+	(void)c;
+	return bytes_or_none(REC(self)->hwaddr, REC(self)->hwaddr_len);
+}
+
+static PyObject *get_hwhdr(PyObject *self, void *c)
+{
+	(void)c;
+	return bytes_or_none(REC(self)->hwhdr, REC(self)->hwhdr_len);
+}
+
+static PyObject *get_payload(PyObject *self, void *c)
+{
+	(void)c;
+	return bytes_or_none(REC(self)->payload, REC(self)->payload_len);
+}
+
+static PyObject *get_prefix(PyObject *self, void *c)
+{
+	const struct nflog_record *r = REC(self);
+	(void)c;
+	if (!r->prefix)
+		Py_RETURN_NONE;
+	/* Prefixes are set by whoever wrote the rules: never fail on bytes that are not UTF-8. */
+	return PyUnicode_DecodeUTF8((const char *)r->prefix, r->prefix_len, "backslashreplace");
+}
+
+static PyObject *get_l4proto(PyObject *self, void *c)
+{
+	(void)c;
+	if (!REC(self)->has_l4proto)
+		Py_RETURN_NONE;
+	return PyLong_FromLong(REC(self)->l4proto);
+}
+
+static PyObject *get_length(PyObject *self, void *c)
+{
+	(void)c;
+	if (!REC(self)->payload)
+		Py_RETURN_NONE;
+	return PyLong_FromUnsignedLong(REC(self)->ip_len);
+}
+
+#define GET(name, fn, doc) {name, (getter)fn, NULL, PyDoc_STR(doc), NULL}
+#define DEV(name, fn, which, doc) {name, (getter)fn, NULL, PyDoc_STR(doc), (void *)(intptr_t)which}
+
+static PyGetSetDef data_getset[] = {
+	GET("proto", get_proto, "Layer 3 protocol (EtherType), or None."),
+	GET("hwtype", get_hwtype, "Hardware type (if_arp.h ARPHRD_*), or None."),
+	GET("nfmark", get_nfmark, "Packet mark, or None when the kernel sent none (mark 0)."),
+	GET("timestamp", get_timestamp, "Time the packet was logged (float, s), or None (never in OUTPUT)."),
+	DEV("indev", get_devname, 0, "Input interface name, or None."),
+	DEV("outdev", get_devname, 1, "Output interface name, or None."),
+	DEV("physindev", get_devname, 2, "Physical input interface name (bridges), or None."),
+	DEV("physoutdev", get_devname, 3, "Physical output interface name (bridges), or None."),
+	DEV("indev_index", get_devindex, 0, "Input interface index, or None."),
+	DEV("outdev_index", get_devindex, 1, "Output interface index, or None."),
+	DEV("physindev_index", get_devindex, 2, "Physical input interface index, or None."),
+	DEV("physoutdev_index", get_devindex, 3, "Physical output interface index, or None."),
+	GET("uid", get_uid, "Uid of the local socket that sent the packet, or None."),
+	GET("gid", get_gid, "Gid of the local socket that sent the packet, or None."),
+	GET("hwaddr", get_hwaddr, "Layer 2 source address (bytes), or None."),
+	GET("hwhdr", get_hwhdr, "Layer 2 header (bytes), or None."),
+	GET("payload", get_payload, "Layer 3 packet data, up to the copy range (bytes), or None."),
+	GET("prefix", get_prefix, "Log prefix of the rule (str; bytes not UTF-8 are escaped), or None."),
+	GET("seq", get_seq, "Sequence number within the group (open with seq=True), or None."),
+	GET("hook", get_hook, "Netfilter hook number (0 prerouting .. 4 postrouting), or None."),
+	GET("family", get_family, "Protocol family of the hook (NFPROTO_*: 2 IPv4, 10 IPv6, 7 bridge ...)."),
+	GET("group", get_group, "NFLOG group the record came from."),
+	GET("l4proto", get_l4proto, "IP protocol number of the transport header (6 TCP, 17 UDP ...), or None."),
+	GET("length", get_length, "Packet length from the IP header (bytes), or None without payload."),
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+/* dict(data): (name, value) pairs of every attribute, as nflogr offers. */
+static PyObject *data_iter(PyObject *self)
+{
+	PyObject *items = PyList_New(0), *it;
+	if (!items)
+		return NULL;
+	for (PyGetSetDef *g = data_getset; g->name; g++) {
+		PyObject *v = g->get(self, g->closure);
+		PyObject *pair = v ? Py_BuildValue("(sN)", g->name, v) : NULL;
+		if (!pair || PyList_Append(items, pair) < 0) {
+			Py_XDECREF(pair);
+			Py_DECREF(items);
+			return NULL;
+		}
+		Py_DECREF(pair);
+	}
+	it = PyObject_GetIter(items);
+	Py_DECREF(items);
+	return it;
+}
+
+static PyObject *data_repr(PyObject *self)
+{
+	const struct nflog_record *r = REC(self);
+	PyObject *prefix = get_prefix(self, NULL), *s;
+	if (!prefix)
+		return NULL;
+	s = PyUnicode_FromFormat("<NflogData group=%u prefix=%R family=%u hook=%u length=%u>",
+				 r->group, prefix, r->family, r->hook, r->ip_len);
+	Py_DECREF(prefix);
+	return s;
+}
+
+PyDoc_STRVAR(data_doc,
+"NflogData\n--\n\n"
+"One NFLOG record. Read-only attributes; every attribute the kernel did not send is None.\n"
+"dict(data) gives all of them.");
+
+PyTypeObject DataType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "nflogd.nflog.NflogData",
+	.tp_basicsize = offsetof(DataObject, msg),
+	.tp_itemsize = 1,
+	.tp_dealloc = (destructor)data_dealloc,
+	.tp_repr = data_repr,
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = data_doc,
+	.tp_iter = data_iter,
+	.tp_getset = data_getset,
+};

@@ -1,0 +1,634 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Nflog: a handle on one NFLOG group. Every wait and receive runs with the GIL released; an I/O lock
+ * (always taken without the GIL) serialises readers, and close() wakes a blocked reader first. */
+#include "nflog.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+
+#include <libnetfilter_log/linux_nfnetlink_log.h>
+
+#include "sock.h"
+
+/* next()/queue() keep at most this many records queued: reading stops, the kernel queue holds the rest. */
+#define QUEUE_MAX 65536
+/* aggregate() returns after this many datagrams so the caller can react (stop, reload, heartbeat). */
+#define AGGREGATE_MAX_DATAGRAMS 256
+
+typedef struct {
+	PyObject_HEAD
+	struct nflog_sock sock;
+	pthread_mutex_t io_lock;
+	int closed;              /* set under the GIL, read by readers under io_lock */
+	int enobufs;
+	uint16_t group;
+	PyObject *queue;         /* list of NflogData; queue[qhead:] are pending */
+	Py_ssize_t qhead;
+	uint32_t *offsets;       /* per-datagram record offsets, for building NflogData */
+	size_t noffsets;
+} HandleObject;
+
+static PyObject *closed_error(void)
+{
+	return set_error(-ECANCELED, "the NFLOG handle is closed");
+}
+
+static PyObject *raise_open_error(int r, const struct nflog_config *cfg)
+{
+	if (r == -EPERM) {
+		long holder = nflog_group_holder(cfg->group);
+		if (holder >= 0)
+			return set_error(r, "NFLOG group %u is taken by another process (netlink portid %ld); "
+					 "see /proc/net/netfilter/nfnetlink_log", cfg->group, holder);
+		return set_error(r, "binding NFLOG group %u needs root or CAP_NET_ADMIN", cfg->group);
+	}
+	if (r == -EBUSY)
+		return set_error(r, "NFLOG group %u is already bound by this handle", cfg->group);
+	return set_error(r, "cannot bind NFLOG group %u: %s", cfg->group, strerror(-r));
+}
+
+static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"group", "timeout", "qthresh", "rcvbuf", "nlbuf", "enobufs",
+				 "copymode", "copyrange", "seq", NULL};
+	long group, qthresh = 1, rcvbuf = 0, nlbuf = 0, copyrange = 0;
+	int enobufs = ENOBUFS_RAISE, copymode = NFULNL_COPY_PACKET, seq = 0, r;
+	double timeout = 0.0;
+	struct nflog_config cfg;
+
+	if (self->queue) {
+		PyErr_SetString(PyExc_RuntimeError, "Nflog is already open");
+		return -1;
+	}
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "l|$dllliilp:open", kwlist, &group, &timeout,
+					 &qthresh, &rcvbuf, &nlbuf, &enobufs, &copymode, &copyrange,
+					 &seq))
+		return -1;
+	/* The kernel acknowledges out-of-range values and ignores them: refuse them here instead. */
+	if (group < 0 || group > 65535)
+		return PyErr_Format(PyExc_ValueError, "group %ld is out of range 0..65535", group), -1;
+	if (!(timeout >= 0.0 && timeout <= 42949672.95))
+		return PyErr_Format(PyExc_ValueError, "timeout must be within 0..42949672.95 seconds"), -1;
+	if (qthresh < 1 || qthresh > (long)UINT32_MAX)
+		return PyErr_Format(PyExc_ValueError, "qthresh %ld is out of range 1..4294967295", qthresh), -1;
+	if (rcvbuf < 0 || rcvbuf > INT32_MAX)
+		return PyErr_Format(PyExc_ValueError, "rcvbuf %ld is out of range 0..2147483647", rcvbuf), -1;
+	if (nlbuf != 0 && (nlbuf < (long)nflog_nlbuf_min() || nlbuf > (long)NFLOG_NLBUF_MAX))
+		return PyErr_Format(PyExc_ValueError, "nlbuf %ld is out of range %u..%u (or 0 for the kernel default)",
+				    nlbuf, nflog_nlbuf_min(), NFLOG_NLBUF_MAX), -1;
+	if (copymode != NFULNL_COPY_NONE && copymode != NFULNL_COPY_META && copymode != NFULNL_COPY_PACKET)
+		return PyErr_Format(PyExc_ValueError, "copymode %d is not one of COPY_NONE (0), COPY_META (1), "
+				    "COPY_PACKET (2)", copymode), -1;
+	if (copyrange < 0 || copyrange > (long)NFLOG_COPY_RANGE_MAX)
+		return PyErr_Format(PyExc_ValueError, "copyrange %ld is out of range 0..%u (0 = whole packet)",
+				    copyrange, NFLOG_COPY_RANGE_MAX), -1;
+	if (enobufs != ENOBUFS_RAISE && enobufs != ENOBUFS_HANDLE && enobufs != ENOBUFS_DISABLE)
+		return PyErr_Format(PyExc_ValueError, "enobufs %d is not one of ENOBUFS_RAISE, ENOBUFS_HANDLE, "
+				    "ENOBUFS_DISABLE", enobufs), -1;
+
+	cfg = (struct nflog_config){
+		.group = (uint16_t)group, .copymode = (uint8_t)copymode,
+		.copyrange = (uint32_t)(copyrange ? copyrange : NFLOG_COPY_RANGE_MAX),
+		.nlbuf = (uint32_t)nlbuf, .qthresh = (uint32_t)qthresh,
+		.timeout = (uint32_t)lround(timeout * 100.0), .rcvbuf = (int)rcvbuf,
+		.enobufs = enobufs, .seq = seq,
+	};
+	self->queue = PyList_New(0);
+	if (!self->queue)
+		return -1;
+	Py_BEGIN_ALLOW_THREADS
+	r = nflog_sock_open(&self->sock, &cfg);
+	Py_END_ALLOW_THREADS
+	if (r < 0) {
+		self->closed = 1;
+		raise_open_error(r, &cfg);
+		return -1;
+	}
+	self->noffsets = self->sock.bufsize / (NLMSG_HDRLEN + sizeof(struct nfgenmsg)) + 1;
+	self->offsets = malloc(self->noffsets * sizeof(*self->offsets));
+	if (!self->offsets) {
+		nflog_sock_close(&self->sock);
+		self->closed = 1;
+		PyErr_NoMemory();
+		return -1;
+	}
+	pthread_mutex_init(&self->io_lock, NULL);
+	self->group = (uint16_t)group;
+	self->enobufs = enobufs;
+	self->closed = 0;
+	return 0;
+}
+
+static PyObject *handle_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	(void)args;
+	(void)kw;
+	HandleObject *self = (HandleObject *)type->tp_alloc(type, 0);
+	if (self) {
+		self->sock.fd = self->sock.wakefd = -1;
+		self->closed = 1;  /* until __init__ succeeds */
+	}
+	return (PyObject *)self;
+}
+
+static void do_close(HandleObject *self)
+{
+	if (self->closed)
+		return;
+	self->closed = 1;
+	/* Wake a reader blocked in poll, then wait for it to leave before the fds go away. */
+	nflog_sock_wake(&self->sock);
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->io_lock);
+	nflog_sock_close(&self->sock);
+	pthread_mutex_unlock(&self->io_lock);
+	Py_END_ALLOW_THREADS
+}
+
+static void handle_dealloc(HandleObject *self)
+{
+	if (!self->closed) {
+		self->closed = 1;
+		nflog_sock_close(&self->sock);  /* no other reference: nobody can be reading */
+	}
+	if (self->offsets) {
+		pthread_mutex_destroy(&self->io_lock);
+		free(self->offsets);
+	}
+	Py_XDECREF(self->queue);
+	SELF_FREE(self);
+}
+
+/* ---- reading records as objects --------------------------------------------------------- */
+
+struct collect_ctx {
+	HandleObject *self;
+	size_t n;
+};
+
+static int collect_offset(void *ctx, const struct nflog_record *rec, const struct nlmsghdr *nlh)
+{
+	struct collect_ctx *c = ctx;
+	(void)rec;
+	if (c->n < c->self->noffsets)
+		c->self->offsets[c->n++] = (uint32_t)((const uint8_t *)nlh - c->self->sock.buf);
+	return 0;
+}
+
+/* Wait up to timeout_ms for one datagram and queue its records. Returns how many were queued (0 on
+ * timeout or an interrupted wait) or -1 with an exception set. */
+static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
+{
+	struct collect_ctx ctx = {self, 0};
+	ssize_t len = 0;
+	int r = 0;
+
+	if (self->closed)
+		return closed_error(), -1;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->io_lock);
+	if (self->sock.fd < 0) {
+		r = -ECANCELED;
+	} else {
+		r = nflog_sock_wait(&self->sock, timeout_ms);
+		if (r > 0) {
+			len = nflog_sock_recv(&self->sock);
+			if (len > 0)
+				nflog_sock_dispatch(&self->sock, (size_t)len, collect_offset, &ctx);
+		}
+	}
+	Py_END_ALLOW_THREADS
+	/* io_lock is still held: s->buf stays ours while the objects are built. */
+	if (r == -ECANCELED || self->closed) {
+		pthread_mutex_unlock(&self->io_lock);
+		return closed_error(), -1;
+	}
+	if (r < 0 && r != -EINTR) {
+		pthread_mutex_unlock(&self->io_lock);
+		return set_error(r, "waiting on NFLOG group %u failed", self->group), -1;
+	}
+	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE)) {
+		pthread_mutex_unlock(&self->io_lock);
+		return set_error((int)len, "receiving from NFLOG group %u failed", self->group), -1;
+	}
+	for (size_t i = 0; i < ctx.n; i++) {
+		PyObject *d = data_from_message((const struct nlmsghdr *)(self->sock.buf + self->offsets[i]));
+		if (!d || PyList_Append(self->queue, d) < 0) {
+			Py_XDECREF(d);
+			pthread_mutex_unlock(&self->io_lock);
+			return -1;
+		}
+		Py_DECREF(d);
+	}
+	pthread_mutex_unlock(&self->io_lock);
+	if (r == -EINTR && PyErr_CheckSignals() < 0)
+		return -1;
+	return (Py_ssize_t)ctx.n;
+}
+
+static Py_ssize_t queued(HandleObject *self)
+{
+	return PyList_GET_SIZE(self->queue) - self->qhead;
+}
+
+static PyObject *pop_queued(HandleObject *self)
+{
+	PyObject *d = PyList_GET_ITEM(self->queue, self->qhead);
+	Py_INCREF(d);
+	if (++self->qhead == PyList_GET_SIZE(self->queue)) {
+		if (PyList_SetSlice(self->queue, 0, PY_SSIZE_T_MAX, NULL) < 0) {
+			Py_DECREF(d);
+			return NULL;
+		}
+		self->qhead = 0;
+	}
+	return d;
+}
+
+/* The next record; blocks when wait, else None when nothing is waiting. */
+static PyObject *next_record(HandleObject *self, int wait)
+{
+	for (;;) {
+		if (self->closed)
+			return closed_error();
+		if (queued(self) > 0)
+			return pop_queued(self);
+		Py_ssize_t n = read_datagram(self, wait ? -1 : 0);
+		if (n < 0)
+			return NULL;
+		if (n == 0 && !wait)
+			Py_RETURN_NONE;
+	}
+}
+
+PyDoc_STRVAR(next_doc,
+"next($self, /, wait=True)\n--\n\n"
+"The next record (NflogData). With wait=False, None when none is waiting. Raises NflogClosedError\n"
+"once the handle is closed (also when close() is called from another thread while waiting).");
+
+static PyObject *handle_next(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"wait", NULL};
+	int wait = 1;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:next", kwlist, &wait))
+		return NULL;
+	return next_record(self, wait);
+}
+
+PyDoc_STRVAR(queue_doc,
+"queue($self, /, wait=True)\n--\n\n"
+"Read one datagram from the socket and queue its records for next(). Returns how many records were\n"
+"queued (0 when wait=False and nothing is waiting, or when 65536 are queued already).");
+
+static PyObject *handle_queue(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"wait", NULL};
+	int wait = 1;
+	Py_ssize_t n;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:queue", kwlist, &wait))
+		return NULL;
+	if (self->closed)
+		return closed_error();
+	if (queued(self) >= QUEUE_MAX)
+		return PyLong_FromLong(0);
+	do {
+		n = read_datagram(self, wait ? -1 : 0);
+	} while (n == 0 && wait);
+	return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+PyDoc_STRVAR(loop_doc,
+"loop($self, fn, /, count=-1)\n--\n\n"
+"Call fn(data) for each record, count times (-1: until the handle is closed). An exception raised\n"
+"by fn stops the loop and propagates. Returns None.");
+
+static PyObject *handle_loop(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"fn", "count", NULL};
+	PyObject *fn;
+	Py_ssize_t count = -1;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|n:loop", kwlist, &fn, &count))
+		return NULL;
+	if (!PyCallable_Check(fn))
+		return PyErr_Format(PyExc_TypeError, "fn must be callable");
+	for (Py_ssize_t i = 0; count < 0 || i < count; i++) {
+		if (self->closed)
+			break;
+		PyObject *d = next_record(self, 1), *res;
+		if (!d) {
+			if (PyErr_ExceptionMatches(NflogClosedError)) {
+				PyErr_Clear();
+				break;
+			}
+			return NULL;
+		}
+		res = PyObject_CallOneArg(fn, d);
+		Py_DECREF(d);
+		if (!res)
+			return NULL;
+		Py_DECREF(res);
+	}
+	Py_RETURN_NONE;
+}
+
+static PyObject *handle_iternext(HandleObject *self)
+{
+	PyObject *d = next_record(self, 1);
+	if (!d && PyErr_ExceptionMatches(NflogClosedError))
+		PyErr_Clear();  /* a closed handle ends iteration */
+	return d;
+}
+
+/* ---- aggregating in C -------------------------------------------------------------------- */
+
+static int fold_record(void *ctx, const struct nflog_record *rec, const struct nlmsghdr *nlh)
+{
+	(void)nlh;
+	agg_fold(ctx, rec);
+	return 0;
+}
+
+PyDoc_STRVAR(aggregate_doc,
+"aggregate($self, aggregator, /, timeout=None)\n--\n\n"
+"Wait up to timeout seconds (None: until data or close) for records, then drain what the socket\n"
+"holds (up to 256 datagrams) and fold every record into aggregator, all in C without the GIL.\n"
+"Returns the number of records folded (0 on timeout). Sequence gaps, truncated datagrams, decode\n"
+"errors and ENOBUFS are counted on the handle as in next().");
+
+static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"aggregator", "timeout", NULL};
+	PyObject *agg, *timeout_obj = Py_None;
+	int timeout_ms = -1, r = 0;
+	ssize_t len = 0;
+	size_t folded = 0;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|O:aggregate", kwlist, &AggregatorType, &agg,
+					 &timeout_obj))
+		return NULL;
+	if (timeout_obj != Py_None) {
+		double t = PyFloat_AsDouble(timeout_obj);
+		if (t == -1.0 && PyErr_Occurred())
+			return NULL;
+		if (!(t >= 0.0 && t < 86400.0 * 24))
+			return PyErr_Format(PyExc_ValueError, "timeout must be >= 0 seconds or None");
+		timeout_ms = (int)ceil(t * 1000.0);
+	}
+	struct agg_table *t = aggregator_table(agg);
+	if (!t->slots)
+		return PyErr_Format(PyExc_RuntimeError, "Aggregator.__init__ was not called");
+	if (self->closed)
+		return closed_error();
+
+	Py_INCREF(agg);  /* the table must outlive the unlocked section */
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->io_lock);
+	r = self->sock.fd < 0 ? -ECANCELED : nflog_sock_wait(&self->sock, timeout_ms);
+	for (int i = 0; r > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
+		len = nflog_sock_recv(&self->sock);
+		if (len == 0)
+			break;
+		if (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
+			continue;
+		if (len < 0)
+			break;
+		pthread_mutex_lock(&t->lock);
+		folded += nflog_sock_dispatch(&self->sock, (size_t)len, fold_record, t);
+		pthread_mutex_unlock(&t->lock);
+	}
+	pthread_mutex_unlock(&self->io_lock);
+	Py_END_ALLOW_THREADS
+	Py_DECREF(agg);
+
+	if (r == -ECANCELED || self->closed)
+		return closed_error();
+	if (r < 0 && r != -EINTR)
+		return set_error(r, "waiting on NFLOG group %u failed", self->group);
+	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
+		return set_error((int)len, "receiving from NFLOG group %u failed", self->group);
+	if (r == -EINTR && PyErr_CheckSignals() < 0)
+		return NULL;
+	return PyLong_FromSize_t(folded);
+}
+
+/* ---- the rest of the handle ---------------------------------------------------------------- */
+
+PyDoc_STRVAR(close_doc,
+"close($self, /)\n--\n\n"
+"Unbind the group and close the socket; wakes a thread blocked in next() or aggregate(), which then\n"
+"raises NflogClosedError. Queued records are discarded. Closing twice is harmless.");
+
+static PyObject *handle_close(HandleObject *self, PyObject *unused)
+{
+	(void)unused;
+	do_close(self);
+	if (PyList_SetSlice(self->queue, 0, PY_SSIZE_T_MAX, NULL) < 0)
+		return NULL;
+	self->qhead = 0;
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(getfd_doc, "getfd($self, /)\n--\n\nThe socket's file descriptor, or None once closed.");
+
+static PyObject *handle_getfd(HandleObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (self->closed)
+		Py_RETURN_NONE;
+	return PyLong_FromLong(self->sock.fd);
+}
+
+PyDoc_STRVAR(fileno_doc,
+"fileno($self, /)\n--\n\n"
+"The socket's file descriptor, for selectors and asyncio. Raises NflogClosedError once closed.");
+
+static PyObject *handle_fileno(HandleObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (self->closed)
+		return closed_error();
+	return PyLong_FromLong(self->sock.fd);
+}
+
+PyDoc_STRVAR(getgroup_doc, "getgroup($self, /)\n--\n\nThe NFLOG group number.");
+
+static PyObject *handle_getgroup(HandleObject *self, PyObject *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(self->group);
+}
+
+static PyObject *handle_enter(HandleObject *self, PyObject *unused)
+{
+	(void)unused;
+	Py_INCREF(self);
+	return (PyObject *)self;
+}
+
+static PyObject *handle_exit(HandleObject *self, PyObject *args)
+{
+	(void)args;
+	PyObject *r = handle_close(self, NULL);
+	if (!r)
+		return NULL;
+	Py_DECREF(r);
+	Py_RETURN_FALSE;
+}
+
+/* Counters are written by the reader holding io_lock; a plain read here may be one batch stale. */
+enum { C_RECEIVED, C_LOST, C_TRUNCATED, C_DECODE, C_DATAGRAMS };
+
+static PyObject *get_counter(HandleObject *self, void *which)
+{
+	const struct nflog_sock *s = &self->sock;
+	uint64_t v;
+	switch ((intptr_t)which) {
+	case C_RECEIVED: v = __atomic_load_n(&s->received, __ATOMIC_RELAXED); break;
+	case C_LOST: v = __atomic_load_n(&s->lost, __ATOMIC_RELAXED); break;
+	case C_TRUNCATED: v = __atomic_load_n(&s->truncated, __ATOMIC_RELAXED); break;
+	case C_DECODE: v = __atomic_load_n(&s->decode_errors, __ATOMIC_RELAXED); break;
+	default: v = __atomic_load_n(&s->datagrams, __ATOMIC_RELAXED); break;
+	}
+	return PyLong_FromUnsignedLongLong(v);
+}
+
+static PyObject *get_drops(HandleObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->sock.enobufs, __ATOMIC_RELAXED));
+}
+
+static int set_drops(HandleObject *self, PyObject *v, void *c)
+{
+	(void)c;
+	if (!v || !PyLong_Check(v) || PyLong_AsLong(v) != 0) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "drops can only be reset to 0");
+		return -1;
+	}
+	__atomic_store_n(&self->sock.enobufs, 0, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static PyObject *get_rcvbuf(HandleObject *self, void *c)
+{
+	(void)c;
+	if (self->closed)
+		return closed_error();
+	int v = nflog_sock_get_rcvbuf(&self->sock);
+	if (v < 0)
+		return set_error(v, "cannot read the receive buffer size");
+	return PyLong_FromLong(v);
+}
+
+static int set_rcvbuf(HandleObject *self, PyObject *v, void *c)
+{
+	(void)c;
+	long bytes = v ? PyLong_AsLong(v) : -1;
+	int r;
+	if (bytes == -1 && PyErr_Occurred())
+		return -1;
+	if (bytes <= 0 || bytes > INT32_MAX) {
+		PyErr_SetString(PyExc_ValueError, "rcvbuf must be within 1..2147483647");
+		return -1;
+	}
+	if (self->closed)
+		return closed_error(), -1;
+	r = nflog_sock_set_rcvbuf(&self->sock, (int)bytes);
+	if (r < 0)
+		return set_error(r, "cannot set the receive buffer to %ld bytes", bytes), -1;
+	return 0;
+}
+
+static PyObject *get_kernel_drops(HandleObject *self, void *c)
+{
+	(void)c;
+	if (self->closed)
+		return closed_error();
+	long long v = nflog_sock_kernel_drops(&self->sock);
+	if (v < 0)
+		return set_error((int)v, "cannot read the socket's drop counter");
+	return PyLong_FromLongLong(v);
+}
+
+static PyObject *get_queued(HandleObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromSsize_t(queued(self));
+}
+
+static PyObject *get_closed(HandleObject *self, void *c)
+{
+	(void)c;
+	return PyBool_FromLong(self->closed);
+}
+
+static PyObject *get_last_message_time(HandleObject *self, void *c)
+{
+	(void)c;
+	double t = self->sock.last_message_time;
+	if (t == 0.0)
+		Py_RETURN_NONE;
+	return PyFloat_FromDouble(t);
+}
+
+static PyMethodDef handle_methods[] = {
+	{"next", (PyCFunction)(void (*)(void))handle_next, METH_VARARGS | METH_KEYWORDS, next_doc},
+	{"queue", (PyCFunction)(void (*)(void))handle_queue, METH_VARARGS | METH_KEYWORDS, queue_doc},
+	{"loop", (PyCFunction)(void (*)(void))handle_loop, METH_VARARGS | METH_KEYWORDS, loop_doc},
+	{"aggregate", (PyCFunction)(void (*)(void))handle_aggregate, METH_VARARGS | METH_KEYWORDS,
+	 aggregate_doc},
+	{"close", (PyCFunction)handle_close, METH_NOARGS, close_doc},
+	{"getfd", (PyCFunction)handle_getfd, METH_NOARGS, getfd_doc},
+	{"fileno", (PyCFunction)handle_fileno, METH_NOARGS, fileno_doc},
+	{"getgroup", (PyCFunction)handle_getgroup, METH_NOARGS, getgroup_doc},
+	{"__enter__", (PyCFunction)handle_enter, METH_NOARGS, NULL},
+	{"__exit__", (PyCFunction)handle_exit, METH_VARARGS, NULL},
+	{NULL, NULL, 0, NULL},
+};
+
+#define COUNTER(name, which, doc) {name, (getter)get_counter, NULL, PyDoc_STR(doc), (void *)(intptr_t)which}
+
+static PyGetSetDef handle_getset[] = {
+	{"rcvbuf", (getter)get_rcvbuf, (setter)set_rcvbuf,
+	 PyDoc_STR("Socket receive buffer in bytes as the kernel reports it (twice what was asked, for "
+		   "its bookkeeping); set it to grow or shrink the buffer."), NULL},
+	{"drops", (getter)get_drops, (setter)set_drops,
+	 PyDoc_STR("ENOBUFS errors seen (the kernel dropped messages); can only be set to 0."), NULL},
+	{"queued", (getter)get_queued, NULL, PyDoc_STR("Records read from the socket, not yet returned."), NULL},
+	COUNTER("received", C_RECEIVED, "Records received from the kernel."),
+	COUNTER("lost", C_LOST, "Records lost between kernel and reader, exact from sequence gaps "
+		"(seq=True); a loss at the tail shows when the next record arrives."),
+	COUNTER("truncated", C_TRUNCATED, "Datagrams larger than the receive buffer, discarded."),
+	COUNTER("decode_errors", C_DECODE, "Malformed messages skipped."),
+	COUNTER("datagrams", C_DATAGRAMS, "Datagrams received."),
+	{"kernel_drops", (getter)get_kernel_drops, NULL,
+	 PyDoc_STR("Datagrams the kernel dropped at this socket's full receive queue (sk_drops)."), NULL},
+	{"last_message_time", (getter)get_last_message_time, NULL,
+	 PyDoc_STR("Unix time the last record was received, or None."), NULL},
+	{"closed", (getter)get_closed, NULL, PyDoc_STR("True once closed."), NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(handle_doc,
+"Nflog(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=ENOBUFS_RAISE,\n"
+"      copymode=COPY_PACKET, copyrange=0, seq=False)\n--\n\n"
+"A handle on one NFLOG group, bound on creation (use nflog.open()). Iterating yields records until\n"
+"the handle is closed; it is a context manager that closes on exit.");
+
+PyTypeObject HandleType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "nflogd.nflog.Nflog",
+	.tp_basicsize = sizeof(HandleObject),
+	.tp_dealloc = (destructor)handle_dealloc,
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = handle_doc,
+	.tp_iter = PyObject_SelfIter,
+	.tp_iternext = (iternextfunc)handle_iternext,
+	.tp_methods = handle_methods,
+	.tp_getset = handle_getset,
+	.tp_init = (initproc)handle_init,
+	.tp_new = handle_new,
+};

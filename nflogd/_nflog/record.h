@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* One NFLOG record parsed from a netlink message: pure C, no Python, every length checked. */
+#ifndef NFLOGD_RECORD_H
+#define NFLOGD_RECORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <linux/netlink.h>
+
+/* Bits of nflog_record.present: one per NFULA_* attribute type that was in the message. */
+#define REC_HAS(rec, attr) (((rec)->present >> (attr)) & 1u)
+
+/* The kernel's prefix is at most 128 bytes with its NUL (NF_LOG_PREFIXLEN); longer is clipped. */
+#define NFLOG_PREFIX_MAX 127
+
+struct nflog_record {
+	uint32_t present;             /* 1 << NFULA_x for each attribute seen */
+	uint8_t family;               /* nfgenmsg.nfgen_family: NFPROTO_* */
+	uint16_t group;               /* nfgenmsg.res_id */
+	uint16_t hw_protocol;         /* EtherType, host order (PACKET_HDR) */
+	uint8_t hook;                 /* netfilter hook number (PACKET_HDR) */
+	uint32_t mark;
+	uint32_t indev, outdev, physindev, physoutdev; /* ifindex; 0 when absent */
+	uint32_t uid, gid, seq;
+	uint16_t hwtype, hwlen;
+	int64_t ts_sec, ts_usec;
+	const uint8_t *prefix;        /* without the NUL; prefix_len <= NFLOG_PREFIX_MAX */
+	uint16_t prefix_len;
+	const uint8_t *payload;
+	uint32_t payload_len;
+	const uint8_t *hwaddr;        /* nfulnl_msg_packet_hw.hw_addr, hwaddr_len bytes */
+	uint16_t hwaddr_len;
+	const uint8_t *hwhdr;
+	uint16_t hwhdr_len;
+	/* Derived from the payload's IP header, when there is one. */
+	bool has_l4proto;
+	uint8_t l4proto;
+	uint32_t ip_len;              /* IP total length; payload_len when unknown; 0 with no payload */
+};
+
+/* Parse one NFULNL_MSG_PACKET message. Returns 0, or -EBADMSG when a length is inconsistent. */
+int nflog_record_parse(const struct nlmsghdr *nlh, struct nflog_record *rec);
+
+/* Is nlh an NFLOG packet message (type NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET)? */
+bool nflog_is_packet_msg(const struct nlmsghdr *nlh);
+
+#endif

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* An NFLOG group socket: bind and configure, wait, receive, walk a datagram. Pure C, no Python;
+ * functions return a negative errno on failure. Not thread-safe by itself: the handle serialises. */
+#ifndef NFLOGD_SOCK_H
+#define NFLOGD_SOCK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "record.h"
+
+enum { ENOBUFS_RAISE = 0, ENOBUFS_HANDLE = 1, ENOBUFS_DISABLE = 2 };
+
+/* The kernel clamps the copy range to 0xffff minus an attribute header. */
+#define NFLOG_COPY_RANGE_MAX 65531u
+#define NFLOG_NLBUF_MAX 131072u
+
+struct nflog_config {
+	uint16_t group;
+	uint8_t copymode;     /* NFULNL_COPY_NONE/META/PACKET */
+	uint32_t copyrange;   /* 0 = the kernel's maximum */
+	uint32_t nlbuf;       /* 0 = kernel default */
+	uint32_t qthresh;
+	uint32_t timeout;     /* 1/100 s */
+	int rcvbuf;           /* 0 = system default */
+	int enobufs;
+	bool seq;
+};
+
+struct nflog_sock {
+	int fd, wakefd;
+	uint16_t group;
+	uint8_t *buf;
+	size_t bufsize;
+	size_t pending;        /* a datagram that arrived before the bind's ack, still in buf */
+	bool seq;
+	uint32_t next_seq;
+	/* Counters, only touched by the thread holding the handle's I/O lock. */
+	uint64_t received, lost, truncated, decode_errors, enobufs, datagrams;
+	double last_message_time;
+};
+
+/* The smallest nlbuf the kernel accepts (one page, or 8 KiB on larger pages, minus overhead). */
+uint32_t nflog_nlbuf_min(void);
+
+int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg);
+void nflog_sock_close(struct nflog_sock *s);
+
+/* Wait up to timeout_ms (-1 = forever) for data. 1 readable, 0 timed out, -ECANCELED when woken by
+ * nflog_sock_wake, -EINTR on a signal. */
+int nflog_sock_wait(struct nflog_sock *s, int timeout_ms);
+int nflog_sock_wake(struct nflog_sock *s);
+
+/* Receive one datagram without blocking into s->buf. Its length, 0 if none is waiting, or -errno
+ * (-ENOBUFS: the kernel dropped messages; -EMSGSIZE: a truncated datagram, counted and discarded). */
+ssize_t nflog_sock_recv(struct nflog_sock *s);
+
+/* Called for each valid packet record of a datagram; return non-zero to stop the walk. */
+typedef int (*nflog_visit_fn)(void *ctx, const struct nflog_record *rec,
+			      const struct nlmsghdr *nlh);
+
+/* Walk the datagram in s->buf: parse each record, account sequence gaps and decode errors, visit.
+ * Returns the number of records visited. */
+size_t nflog_sock_dispatch(struct nflog_sock *s, size_t len, nflog_visit_fn fn, void *ctx);
+
+int nflog_sock_set_rcvbuf(struct nflog_sock *s, int bytes);
+int nflog_sock_get_rcvbuf(const struct nflog_sock *s);
+/* Datagrams the kernel dropped at this socket (sk_drops), or -errno. */
+long long nflog_sock_kernel_drops(const struct nflog_sock *s);
+
+/* The netlink portid bound to group in this network namespace (/proc/net/netfilter/nfnetlink_log),
+ * or -1 when no socket has it. */
+long nflog_group_holder(uint16_t group);
+
+#endif

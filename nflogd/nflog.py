@@ -1,0 +1,82 @@
+"""Read netfilter NFLOG groups: the API of the PyPI package ``nflogr``, made right and extended.
+
+Code written for nflogr ports by changing the import::
+
+    from nflogd import nflog
+
+    with nflog.open(5, seq=True) as h:
+        for rec in h:
+            print(rec.prefix, rec.indev, rec.uid, rec.length)
+
+Beyond nflogr: ``seq=True`` gives ``NflogData.seq`` and an exact ``Nflog.lost`` count; every record
+has ``hook`` and ``family``; and ``Nflog.aggregate(Aggregator(...))`` counts packets and bytes by
+chosen fields entirely in C, without a Python object per packet.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from ._nflog import (
+    COPY_META,
+    COPY_NONE,
+    COPY_PACKET,
+    COPY_RANGE_MAX,
+    ENOBUFS_DISABLE,
+    ENOBUFS_HANDLE,
+    ENOBUFS_RAISE,
+    FIELDS,
+    NLBUF_MAX,
+    NLBUF_MIN,
+    PREFIX_MAX,
+    Aggregator,
+    Nflog,
+    NflogClosedError,
+    NflogData,
+    NflogDroppedError,
+    NflogError,
+    NflogRetryError,
+    SeriesBudget,
+)
+
+__all__ = [
+    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "FIELDS",
+    "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError",
+    "ENOBUFS_RAISE", "ENOBUFS_HANDLE", "ENOBUFS_DISABLE", "COPY_NONE", "COPY_META", "COPY_PACKET",
+    "COPY_RANGE_MAX", "NLBUF_MIN", "NLBUF_MAX", "PREFIX_MAX",
+    "FAMILY_NAMES", "HOOK_NAMES", "PROTO_NAMES",
+]
+
+# Names for the numbers records carry, for labels and logs.
+FAMILY_NAMES = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
+HOOK_NAMES = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
+PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 33: "dccp", 41: "ipv6", 47: "gre",
+               50: "esp", 51: "ah", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+
+_builtin_open = builtins.open
+
+
+def open(group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0, nlbuf: int = 0,
+         enobufs: int = ENOBUFS_RAISE, copymode: int = COPY_PACKET, copyrange: int = 0,
+         seq: bool = False) -> Nflog:
+    """open(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=ENOBUFS_RAISE,
+    copymode=COPY_PACKET, copyrange=0, seq=False) -> Nflog
+
+    Bind NFLOG group ``group`` (0-65535) and return its handle; needs root or CAP_NET_ADMIN.
+
+    - timeout: seconds (0.01 granularity) the kernel holds a batch before sending it.
+    - qthresh: records per batch before the kernel sends it.
+    - rcvbuf: socket receive buffer in bytes (0: system default).
+    - nlbuf: kernel batch buffer in bytes, NLBUF_MIN..NLBUF_MAX (0: kernel default, one page).
+    - enobufs: ENOBUFS_RAISE (raise NflogDroppedError), ENOBUFS_HANDLE (count in ``drops``),
+      ENOBUFS_DISABLE (NETLINK_NO_ENOBUFS: no error; count loss with seq=True).
+    - copymode / copyrange: how much of each packet to copy (COPY_PACKET, up to copyrange bytes,
+      0 meaning the whole packet up to COPY_RANGE_MAX).
+    - seq: ask for sequence numbers, so ``NflogData.seq`` is set and ``Nflog.lost`` counts
+      exactly the records lost between the kernel and this handle.
+
+    Out-of-range values raise ValueError (the kernel would silently ignore them); a group bound
+    by another socket raises NflogError (EPERM) naming where to look.
+    """
+    return Nflog(group, timeout=timeout, qthresh=qthresh, rcvbuf=rcvbuf, nlbuf=nlbuf,
+                 enobufs=enobufs, copymode=copymode, copyrange=copyrange, seq=seq)
