@@ -1,0 +1,7 @@
+"""python -m nflogd"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""Command line: nflogd [--config FILE] [--check-config] [--version] [--log-level LEVEL]
+[--web.config.file FILE].
+
+Exit codes: 0 clean stop or valid config; 1 runtime failure (no group could be bound, cannot
+listen); 2 usage or configuration error (bad arguments, bad config or web config file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from . import __version__
+from .config import BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="nflogd", description="Count netfilter NFLOG records and serve them to Prometheus.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.")
+    p.add_argument("--config", metavar="FILE",
+                   help=f"YAML configuration (default: {DEFAULT_CONFIG_PATH} if it exists, "
+                        "else built-in defaults)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration (and web config) and exit")
+    p.add_argument("--web.config.file", dest="web_config", metavar="FILE",
+                   help="exporter-toolkit web configuration: TLS, basic auth, headers "
+                        "(overrides web_config_file in the config)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override the config's log_level")
+    p.add_argument("--version", action="version", version=f"nflogd {__version__}")
+    return p.parse_args(argv)
+
+
+def load(path: str | None) -> tuple[Config, str | None]:
+    """The config and the path to re-read on SIGHUP (None for built-in defaults)."""
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH
+    if path is None:
+        return default_config(), None
+    return load_config(path), path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Imported late: --help, --version and --check-config must work without the extension.
+    from .webconfig import WebConfigError, load_web_config
+
+    try:
+        config, path = load(args.config)
+        web_path = args.web_config or config.web_config_file
+        if web_path:
+            load_web_config(web_path)
+    except (ConfigError, WebConfigError) as e:
+        print(f"nflogd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"nflogd: {path or BUILTIN_SOURCE}: configuration is valid")
+        return EXIT_OK
+
+    logging.basicConfig(level=(args.log_level or config.log_level).upper(),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .daemon import Daemon, StartupError
+
+    daemon = Daemon(config, path, args.web_config)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+    except StartupError as e:
+        logging.getLogger("nflogd").error("%s", e)
+        return EXIT_RUNTIME
+    daemon.run()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

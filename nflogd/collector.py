@@ -1,0 +1,217 @@
+"""Turn worker snapshots into Prometheus exposition text.
+
+Two parts, both reading copies taken by the workers' aggregators (nothing here runs per packet):
+- the record counters ``nflog_packets_total`` / ``nflog_bytes_total``, rendered directly with a
+  cache of label strings per key, because a scrape of 10k+ series must take milliseconds;
+- nflogd's own health, as a prometheus_client custom collector yielding metric families.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from . import __version__
+from .config import Config, GroupConfig, classify
+from .ifnames import InterfaceNames
+from .nflog import FAMILY_NAMES, HOOK_NAMES, PROTO_NAMES
+from .worker import GroupWorker, WorkerStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OVERFLOW = "__overflow__"
+
+# The aggregation field behind each label (action is derived from the prefix).
+FIELD_OF_LABEL = {
+    "group": "group", "prefix": "prefix", "action": "prefix", "indev": "indev", "outdev": "outdev",
+    "physindev": "physindev", "physoutdev": "physoutdev", "uid": "uid", "gid": "gid",
+    "family": "family", "proto": "proto", "hook": "hook", "mark": "mark",
+}
+
+
+def fields_for(labels: Sequence[str]) -> tuple[str, ...]:
+    """The aggregation fields the labels need, in label order, each once."""
+    return tuple(dict.fromkeys(FIELD_OF_LABEL[name] for name in labels))
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def label_string(pairs: Iterable[tuple[str, str]]) -> str:
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}"
+
+
+class RecordCounters:
+    """Renders the record counters of all workers, merging rows that map to the same labels."""
+
+    def __init__(self, ifnames: InterfaceNames) -> None:
+        self._ifnames = ifnames
+        self._cache: dict[tuple, str] = {}
+        self._cache_tag: tuple = ()
+
+    def _value(self, cfg: Config, label: str, raw: object) -> str:
+        if label in ("indev", "outdev", "physindev", "physoutdev"):
+            return self._ifnames.name(raw)  # type: ignore[arg-type]
+        if raw is None:
+            return ""
+        if label == "prefix":
+            return raw.decode("utf-8", "backslashreplace")  # type: ignore[union-attr]
+        if label == "action":
+            return classify(raw.decode("utf-8", "backslashreplace"), cfg.actions)  # type: ignore[union-attr]
+        if label == "family":
+            return FAMILY_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
+        if label == "proto":
+            return PROTO_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
+        if label == "hook":
+            return HOOK_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
+        return str(raw)
+
+    def _labels(self, cfg: Config, group: GroupConfig, fields: tuple[str, ...], key: tuple) -> str:
+        pairs = [(name, self._value(cfg, name, key[fields.index(FIELD_OF_LABEL[name])]))
+                 for name in cfg.labels]
+        return label_string(pairs + sorted(group.labels))
+
+    def _overflow_labels(self, cfg: Config, group: GroupConfig) -> str:
+        pairs = [(name, str(group.group) if name == "group" else OVERFLOW) for name in cfg.labels]
+        return label_string(pairs + sorted(group.labels))
+
+    def render(self, cfg: Config, workers: Sequence[GroupWorker]) -> str:
+        tag = (id(cfg), self._ifnames.generation)
+        if tag != self._cache_tag or len(self._cache) > 4 * cfg.max_series + 1024:
+            self._cache.clear()  # names, labels or config changed: rebuild what is asked
+            self._cache_tag = tag
+        cache = self._cache
+        totals: dict[str, list[int]] = {}
+        for w in workers:
+            agg, gcfg = w.aggregator, w.cfg
+            fields = agg.fields
+            for key, packets, nbytes in agg.snapshot():
+                ck = (gcfg.group, key)
+                labels = cache.get(ck)
+                if labels is None:
+                    labels = cache[ck] = self._labels(cfg, gcfg, fields, key)
+                acc = totals.get(labels)
+                if acc is None:
+                    totals[labels] = [packets, nbytes]
+                else:
+                    acc[0] += packets
+                    acc[1] += nbytes
+            over_packets, over_bytes = agg.overflow
+            if over_packets:
+                acc = totals.setdefault(self._overflow_labels(cfg, gcfg), [0, 0])
+                acc[0] += over_packets
+                acc[1] += over_bytes
+        out = ["# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n",
+               "# TYPE nflog_packets_total counter\n"]
+        out += [f"nflog_packets_total{labels} {v[0]}\n" for labels, v in totals.items()]
+        out += ["# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n",
+                "# TYPE nflog_bytes_total counter\n"]
+        out += [f"nflog_bytes_total{labels} {v[1]}\n" for labels, v in totals.items()]
+        return "".join(out)
+
+
+class ReloadStatus:
+    """The outcome of the last configuration (re)load, for the blackbox-style reload metrics."""
+
+    def __init__(self) -> None:
+        self.successful = True
+        self.success_time = time.time()
+
+    def record(self, ok: bool) -> None:
+        self.successful = ok
+        if ok:
+            self.success_time = time.time()
+
+
+class HealthCollector:
+    """nflogd's own metrics, per group where it applies; a prometheus_client custom collector."""
+
+    def __init__(self, workers: Callable[[], Sequence[GroupWorker]], config: Callable[[], Config],
+                 reload_status: ReloadStatus, retired_overflow: Callable[[], int]) -> None:
+        self._workers = workers
+        self._config = config
+        self._reload = reload_status
+        self._retired_overflow = retired_overflow
+
+    def collect(self) -> Iterator[Metric]:
+        workers = self._workers()
+        stats: list[WorkerStats] = [w.stats() for w in workers]
+
+        def per_group(family: Metric, value: Callable[[WorkerStats], float | None]) -> Metric:
+            for s in stats:
+                v = value(s)
+                if v is not None:
+                    family.add_metric([str(s.group)], v)
+            return family
+
+        g = ["group"]
+        yield per_group(CounterMetricFamily(
+            "nflogd_messages_received", "Records received from the kernel.", labels=g),
+            lambda s: s.received)
+        yield per_group(CounterMetricFamily(
+            "nflogd_messages_lost", "Records lost between the kernel and nflogd, exact from "
+            "sequence gaps.", labels=g), lambda s: s.lost)
+        yield per_group(CounterMetricFamily(
+            "nflogd_enobufs", "ENOBUFS errors seen on the group's socket.", labels=g),
+            lambda s: s.enobufs)
+        yield per_group(CounterMetricFamily(
+            "nflogd_truncated_datagrams", "Datagrams larger than the receive buffer, discarded.",
+            labels=g), lambda s: s.truncated)
+        yield per_group(CounterMetricFamily(
+            "nflogd_decode_errors", "Malformed NFLOG messages skipped.", labels=g),
+            lambda s: s.decode_errors)
+        yield per_group(CounterMetricFamily(
+            "nflogd_worker_restarts", "Worker restarts after a socket failure.", labels=g),
+            lambda s: s.restarts)
+        yield per_group(GaugeMetricFamily(
+            "nflogd_receive_buffer_bytes", "Current socket receive buffer of the group.", labels=g),
+            lambda s: s.rcvbuf if s.bound else None)
+        yield per_group(GaugeMetricFamily(
+            "nflogd_last_message_timestamp_seconds", "Unix time of the last record received.",
+            labels=g), lambda s: s.last_message_time)
+        yield per_group(GaugeMetricFamily(
+            "nflogd_group_bound", "1 when the group is bound and its worker is reading it.",
+            labels=g), lambda s: 1 if s.bound else 0)
+
+        cfg = self._config()
+        budget_used = sum(w.aggregator.keys for w in workers)
+        overflow = self._retired_overflow() + sum(w.aggregator.overflow[0] for w in workers)
+        yield GaugeMetricFamily("nflogd_series", "Distinct label sets in use.", value=budget_used)
+        yield GaugeMetricFamily("nflogd_series_limit", "The max_series limit.", value=cfg.max_series)
+        yield CounterMetricFamily("nflogd_series_overflow_records",
+                                  "Records counted in the overflow series because max_series "
+                                  "was reached.", value=overflow)
+        yield GaugeMetricFamily("nflogd_config_last_reload_successful",
+                                "1 when the last configuration load succeeded.",
+                                value=1 if self._reload.successful else 0)
+        yield GaugeMetricFamily("nflogd_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last successful configuration load.",
+                                value=self._reload.success_time)
+        info = GaugeMetricFamily("nflogd_build_info", "nflogd build information; always 1.",
+                                 labels=["version", "python_version"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+
+
+class Exposition:
+    """Everything a scrape returns: the record counters, then the registry's families."""
+
+    def __init__(self, counters: RecordCounters, health: HealthCollector,
+                 workers: Callable[[], Sequence[GroupWorker]], config: Callable[[], Config],
+                 ifnames: InterfaceNames) -> None:
+        self._counters = counters
+        self._workers = workers
+        self._config = config
+        self._ifnames = ifnames
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(health)  # type: ignore[arg-type]
+        ProcessCollector(registry=self.registry)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        self._ifnames.refresh()
+        text = self._counters.render(self._config(), self._workers())
+        return text.encode() + generate_latest(self.registry), CONTENT_TYPE

@@ -1,0 +1,196 @@
+"""One worker thread per NFLOG group: bind, aggregate in C, survive failures.
+
+The thread spends its life inside ``Nflog.aggregate`` with the GIL released. It owns the group's
+Aggregator for its whole life, so the counters keep counting across socket restarts and reloads
+that only change socket settings. Loss seen in sequence gaps doubles the receive buffer, up to the
+configured maximum, as ulogd2 does on ENOBUFS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from . import nflog
+from .config import GroupConfig
+
+log = logging.getLogger("nflogd.worker")
+
+# How long one aggregate() call may wait: bounds the heartbeat period and reaction to stop().
+WAIT_SECONDS = 0.5
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """What the collector and the watchdog read about a worker, copied at one instant."""
+
+    group: int
+    bound: bool
+    received: int
+    lost: int
+    enobufs: int
+    truncated: int
+    decode_errors: int
+    rcvbuf: int
+    last_message_time: float | None
+    restarts: int
+    heartbeat: float  # time.monotonic() of the worker's last loop turn
+    error: str | None
+
+
+class _Totals:
+    """Counters of closed handles, so the exported totals never go backwards on a restart."""
+
+    def __init__(self) -> None:
+        self.received = self.lost = self.enobufs = self.truncated = self.decode_errors = 0
+
+    def absorb(self, h: nflog.Nflog) -> None:
+        self.received += h.received
+        self.lost += h.lost
+        self.enobufs += h.drops
+        self.truncated += h.truncated
+        self.decode_errors += h.decode_errors
+
+
+class GroupWorker(threading.Thread):
+    """Reads one group into its Aggregator until stop() is called."""
+
+    def __init__(self, cfg: GroupConfig, fields: tuple[str, ...], budget: nflog.SeriesBudget,
+                 max_keys: int) -> None:
+        super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
+        self.cfg = cfg
+        self.aggregator = nflog.Aggregator(fields, max_keys=max_keys, budget=budget)
+        self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
+        self._handle: nflog.Nflog | None = None
+        self._totals = _Totals()
+        self._stop_event = threading.Event()
+        self._restarts = 0
+        self._error: str | None = None
+        self._rcvbuf_target = cfg.rcvbuf
+        self._heartbeat = time.monotonic()
+        # For testing the watchdog only: this group's worker stops beating once running.
+        self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
+
+    # -- control, from the daemon's thread ----------------------------------------------------
+    def bind(self) -> None:
+        """Bind the group now (raises nflog.NflogError/ValueError); start() then reads it."""
+        with self._lock:
+            self._handle = self._open()
+
+    def reconfigure(self, cfg: GroupConfig) -> None:
+        """Apply new socket settings: the socket is re-bound, the counters stay."""
+        with self._lock:
+            socket_changed = (cfg.qthresh, cfg.timeout, cfg.nlbuf, cfg.copy_range, cfg.rcvbuf,
+                              cfg.rcvbuf_max) != (self.cfg.qthresh, self.cfg.timeout, self.cfg.nlbuf,
+                                                  self.cfg.copy_range, self.cfg.rcvbuf,
+                                                  self.cfg.rcvbuf_max)
+            self.cfg = cfg
+            if socket_changed:
+                self._rcvbuf_target = cfg.rcvbuf
+                if self._handle is not None:
+                    self._handle.close()  # wakes aggregate(); the loop re-binds
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+
+    def stats(self) -> WorkerStats:
+        with self._lock:
+            h, t = self._handle, self._totals
+            live = h is not None and not h.closed
+            rcvbuf = 0
+            if live:
+                try:
+                    rcvbuf = h.rcvbuf
+                except nflog.NflogError:
+                    live = False
+            return WorkerStats(
+                group=self.cfg.group, bound=live,
+                received=t.received + (h.received if live else 0),
+                lost=t.lost + (h.lost if live else 0),
+                enobufs=t.enobufs + (h.drops if live else 0),
+                truncated=t.truncated + (h.truncated if live else 0),
+                decode_errors=t.decode_errors + (h.decode_errors if live else 0),
+                rcvbuf=rcvbuf,
+                last_message_time=h.last_message_time if live else None,
+                restarts=self._restarts, heartbeat=self._heartbeat, error=self._error)
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _open(self) -> nflog.Nflog:
+        c = self.cfg
+        h = nflog.open(c.group, timeout=c.timeout, qthresh=c.qthresh, nlbuf=c.nlbuf,
+                       rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
+                       copymode=nflog.COPY_PACKET, copyrange=c.copy_range, seq=True)
+        self._error = None
+        return h
+
+    def _retire_handle(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._totals.absorb(self._handle)
+                self._handle = None
+
+    def run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stop_event.is_set():
+            self._heartbeat = time.monotonic()
+            h = self._handle
+            if h is None or h.closed:
+                if h is not None:
+                    self._retire_handle()
+                try:
+                    with self._lock:
+                        self._handle = h = self._open()
+                    backoff = BACKOFF_FIRST
+                    log.info("group %d: bound", self.cfg.group)
+                except (nflog.NflogError, ValueError) as e:
+                    self._error = str(e)
+                    log.error("group %d: %s; retrying in %.0f s", self.cfg.group, e, backoff)
+                    self._stop_event.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+            try:
+                self._drain(h)
+            except nflog.NflogClosedError:
+                continue  # stop(), or reconfigure(): the loop decides
+            except nflog.NflogError as e:
+                self._restarts += 1
+                self._error = str(e)
+                log.error("group %d: socket failed: %s; restarting in %.0f s", self.cfg.group, e,
+                          backoff)
+                self._retire_handle()
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self._retire_handle()
+
+    def _drain(self, h: nflog.Nflog) -> None:
+        lost_seen = h.lost
+        while not self._stop_event.is_set():
+            if self._stall:
+                self._stop_event.wait()  # simulated hang: no heartbeat
+                return
+            h.aggregate(self.aggregator, timeout=WAIT_SECONDS)
+            self._heartbeat = time.monotonic()
+            if h.lost != lost_seen:
+                lost_seen = h.lost
+                self._grow_rcvbuf(h)
+
+    def _grow_rcvbuf(self, h: nflog.Nflog) -> None:
+        limit = self.cfg.rcvbuf_max
+        if self._rcvbuf_target >= limit:
+            return
+        self._rcvbuf_target = min(self._rcvbuf_target * 2, limit)
+        try:
+            h.rcvbuf = self._rcvbuf_target
+            log.warning("group %d: %d records lost so far; receive buffer raised to %d bytes",
+                        self.cfg.group, h.lost, self._rcvbuf_target)
+        except nflog.NflogError as e:
+            log.warning("group %d: cannot raise the receive buffer: %s", self.cfg.group, e)
