@@ -3,34 +3,72 @@
 #include "nflog.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <net/if.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <linux/netlink.h>
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
 typedef struct {
 	PyObject_VAR_HEAD
+	struct ifresolver *ifr;   /* the reading handle's namespace; NULL until set */
 	struct nflog_record rec;  /* pointers into msg */
 	_Alignas(8) uint8_t msg[1];
 } DataObject;
 
-PyObject *data_from_message(const struct nlmsghdr *nlh)
+struct ifresolver *ifresolver_new(void)
+{
+	struct ifresolver *r = malloc(sizeof(*r));
+	if (!r)
+		return NULL;
+	/* Never bound and never used for I/O: it only anchors the namespace for ioctls. */
+	r->fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (r->fd < 0) {
+		int e = errno;
+		free(r);
+		errno = e;
+		return NULL;
+	}
+	r->refs = 1;
+	return r;
+}
+
+void ifresolver_decref(struct ifresolver *r)
+{
+	if (r && --r->refs == 0) {
+		close(r->fd);
+		free(r);
+	}
+}
+
+PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr)
 {
 	DataObject *d = PyObject_NewVar(DataObject, &DataType, nlh->nlmsg_len);
 	if (!d)
 		return NULL;
+	d->ifr = NULL;
 	memcpy(d->msg, nlh, nlh->nlmsg_len);
 	/* Parsed again from our own copy so every pointer stays valid as long as the object. */
 	if (nflog_record_parse((const struct nlmsghdr *)d->msg, &d->rec) < 0) {
 		Py_DECREF(d);
 		return set_error(-EBADMSG, "malformed NFLOG message");
 	}
+	if (ifr) {
+		ifr->refs++;
+		d->ifr = ifr;
+	}
 	return (PyObject *)d;
 }
 
 static void data_dealloc(DataObject *self)
 {
+	ifresolver_decref(self->ifr);
 	PyObject_Free(self);
 }
 
@@ -50,13 +88,27 @@ static PyObject *bytes_or_none(const uint8_t *p, Py_ssize_t len)
 	return PyBytes_FromStringAndSize((const char *)p, len);
 }
 
-/* Interface names are looked up when read, not per record: most readers never ask. */
-static PyObject *ifname_or_none(uint32_t ifindex)
+/* Interface names are looked up when read, not per record (most readers never ask), and in the
+ * namespace of the handle that read the record. None when the index is unknown there (now). */
+static PyObject *ifname_or_none(PyObject *self, uint32_t ifindex)
 {
-	char name[IF_NAMESIZE];
-	if (!ifindex || !if_indextoname(ifindex, name))
+	const struct ifresolver *r = ((DataObject *)self)->ifr;
+	struct ifreq req;
+
+	if (!ifindex || ifindex > INT_MAX)
 		Py_RETURN_NONE;
-	return PyUnicode_DecodeFSDefault(name);
+	if (!r) {
+		char name[IF_NAMESIZE];
+		if (!if_indextoname(ifindex, name))
+			Py_RETURN_NONE;
+		return PyUnicode_DecodeFSDefault(name);
+	}
+	memset(&req, 0, sizeof(req));
+	req.ifr_ifindex = (int)ifindex;
+	if (ioctl(r->fd, SIOCGIFNAME, &req) < 0)
+		Py_RETURN_NONE;
+	req.ifr_name[IFNAMSIZ - 1] = '\0';
+	return PyUnicode_DecodeFSDefault(req.ifr_name);
 }
 
 static PyObject *get_proto(PyObject *self, void *c)
@@ -140,7 +192,7 @@ static uint32_t dev_index(PyObject *self, void *which)
 
 static PyObject *get_devname(PyObject *self, void *which)
 {
-	return ifname_or_none(dev_index(self, which));
+	return ifname_or_none(self, dev_index(self, which));
 }
 
 static PyObject *get_devindex(PyObject *self, void *which)

@@ -28,6 +28,7 @@ typedef struct {
 	Py_ssize_t qhead;
 	uint32_t *offsets;       /* per-datagram record offsets, for building NflogData */
 	size_t noffsets;
+	struct ifresolver *ifr;  /* names interfaces in the group's namespace; shared with records */
 } HandleObject;
 
 static PyObject *closed_error(void)
@@ -108,10 +109,15 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	}
 	self->noffsets = self->sock.bufsize / (NLMSG_HDRLEN + sizeof(struct nfgenmsg)) + 1;
 	self->offsets = malloc(self->noffsets * sizeof(*self->offsets));
-	if (!self->offsets) {
+	/* Made by this thread, so in the namespace the NFLOG socket was just made in. */
+	self->ifr = self->offsets ? ifresolver_new() : NULL;
+	if (!self->ifr) {
+		int e = self->offsets ? errno : ENOMEM;
 		nflog_sock_close(&self->sock);
+		free(self->offsets);
+		self->offsets = NULL;
 		self->closed = 1;
-		PyErr_NoMemory();
+		set_error(-e, "cannot open NFLOG group %u: %s", cfg.group, strerror(e));
 		return -1;
 	}
 	pthread_mutex_init(&self->io_lock, NULL);
@@ -145,6 +151,9 @@ static void do_close(HandleObject *self)
 	nflog_sock_close(&self->sock);
 	pthread_mutex_unlock(&self->io_lock);
 	Py_END_ALLOW_THREADS
+	/* Records already made keep their own reference. */
+	ifresolver_decref(self->ifr);
+	self->ifr = NULL;
 }
 
 static void handle_dealloc(HandleObject *self)
@@ -153,6 +162,7 @@ static void handle_dealloc(HandleObject *self)
 		self->closed = 1;
 		nflog_sock_close(&self->sock);  /* no other reference: nobody can be reading */
 	}
+	ifresolver_decref(self->ifr);
 	if (self->offsets) {
 		pthread_mutex_destroy(&self->io_lock);
 		free(self->offsets);
@@ -214,7 +224,8 @@ static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
 		return set_error((int)len, "receiving from NFLOG group %u failed", self->group), -1;
 	}
 	for (size_t i = 0; i < ctx.n; i++) {
-		PyObject *d = data_from_message((const struct nlmsghdr *)(self->sock.buf + self->offsets[i]));
+		PyObject *d = data_from_message((const struct nlmsghdr *)(self->sock.buf + self->offsets[i]),
+					       self->ifr);
 		if (!d || PyList_Append(self->queue, d) < 0) {
 			Py_XDECREF(d);
 			pthread_mutex_unlock(&self->io_lock);

@@ -15,8 +15,21 @@ extern PyTypeObject HandleType, DataType, AggregatorType, BudgetType;
 /* Raise the exception that fits a negative errno, with a message; returns NULL for `return set_error(...)`. */
 PyObject *set_error(int negerr, const char *fmt, ...);
 
-/* A new NflogData holding a copy of one packet message. */
-PyObject *data_from_message(const struct nlmsghdr *nlh);
+/* Resolves interface indexes in the network namespace of the handle that read a record: an unbound
+ * netlink socket made there, because SIOCGIFNAME acts in the socket's namespace, not the calling
+ * thread's (a handle opened inside another namespace must not name devices of the reader's).
+ * Shared by a handle and the records it made; refs only change with the GIL held. */
+struct ifresolver {
+	int fd;
+	Py_ssize_t refs;
+};
+
+/* A resolver for the calling thread's namespace with one reference, or NULL with errno set. */
+struct ifresolver *ifresolver_new(void);
+void ifresolver_decref(struct ifresolver *r);
+
+/* A new NflogData holding a copy of one packet message; it takes a reference to ifr. */
+PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr);
 
 /* The aggregator's table, for Nflog.aggregate (which folds into it with the GIL released). */
 struct agg_table *aggregator_table(PyObject *agg);

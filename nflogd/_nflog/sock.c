@@ -75,8 +75,9 @@ static int wait_ack(struct nflog_sock *s)
 		if (len <= 0)
 			continue;
 		const size_t total = (size_t)len;
-		for (struct nlmsghdr *nlh = (struct nlmsghdr *)s->buf; NLMSG_OK(nlh, (size_t)len);
-		     nlh = NLMSG_NEXT(nlh, len)) {
+		int remaining = (int)len;  /* signed: NLMSG_NEXT may step past the end */
+		for (struct nlmsghdr *nlh = (struct nlmsghdr *)s->buf; NLMSG_OK(nlh, remaining);
+		     nlh = NLMSG_NEXT(nlh, remaining)) {
 			if (nlh->nlmsg_type == NLMSG_ERROR && nlh->nlmsg_seq == CONFIG_SEQ) {
 				const struct nlmsgerr *e = NLMSG_DATA(nlh);
 				if (nlh->nlmsg_len < NLMSG_LENGTH(sizeof(*e)))
@@ -259,7 +260,10 @@ long long nflog_sock_kernel_drops(const struct nflog_sock *s)
 
 long nflog_group_holder(uint16_t group)
 {
-	FILE *f = fopen("/proc/net/netfilter/nfnetlink_log", "re");
+	/* /proc/net is the thread group leader's namespace; this thread may have entered another. */
+	FILE *f = fopen("/proc/thread-self/net/netfilter/nfnetlink_log", "re");
+	if (!f)
+		f = fopen("/proc/net/netfilter/nfnetlink_log", "re");
 	unsigned g, portid;
 	char line[256];
 	long found = -1;
