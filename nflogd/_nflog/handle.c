@@ -36,6 +36,15 @@ static PyObject *closed_error(void)
 	return set_error(-ECANCELED, "the NFLOG handle is closed");
 }
 
+/* A failed receive: ENOBUFS (enobufs=ENOBUFS_RAISE) says what was lost and what helps. */
+static PyObject *raise_recv_error(HandleObject *self, int r)
+{
+	if (r == -ENOBUFS)
+		return set_error(r, "NFLOG group %u: the receive buffer overflowed and the kernel dropped "
+				 "records (raise rcvbuf; open with seq=True to count them exactly)", self->group);
+	return set_error(r, "receiving from NFLOG group %u failed", self->group);
+}
+
 static PyObject *raise_open_error(int r, const struct nflog_config *cfg)
 {
 	if (r == -EPERM) {
@@ -204,7 +213,11 @@ static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
 	} else {
 		r = nflog_sock_wait(&self->sock, timeout_ms);
 		if (r > 0) {
-			len = nflog_sock_recv(&self->sock);
+			/* A handled ENOBUFS or a discarded truncated datagram is not the end of the data:
+			 * read on, or next(wait=False) would say "nothing" with the queue still full. */
+			do
+				len = nflog_sock_recv(&self->sock);
+			while (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE));
 			if (len > 0)
 				nflog_sock_dispatch(&self->sock, (size_t)len, collect_offset, &ctx);
 		}
@@ -221,7 +234,7 @@ static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
 	}
 	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE)) {
 		pthread_mutex_unlock(&self->io_lock);
-		return set_error((int)len, "receiving from NFLOG group %u failed", self->group), -1;
+		return raise_recv_error(self, (int)len), -1;
 	}
 	for (size_t i = 0; i < ctx.n; i++) {
 		PyObject *d = data_from_message((const struct nlmsghdr *)(self->sock.buf + self->offsets[i]),
@@ -418,7 +431,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	if (r < 0 && r != -EINTR)
 		return set_error(r, "waiting on NFLOG group %u failed", self->group);
 	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
-		return set_error((int)len, "receiving from NFLOG group %u failed", self->group);
+		return raise_recv_error(self, (int)len);
 	if (r == -EINTR && PyErr_CheckSignals() < 0)
 		return NULL;
 	return PyLong_FromSize_t(folded);
