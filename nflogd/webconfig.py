@@ -304,8 +304,9 @@ def _tls(doc: _Doc, nodes: tuple[yaml.Node, yaml.Node], base: str) -> TLSServerC
         if v in ("TLS10", "TLS11"):
             # OpenSSL 3 refuses TLS 1.0/1.1 at its default security level, and Python's default
             # ciphers have none for them: the setting could not take effect.
-            raise err(name, f"tls_server_config.{name} {v} is not supported: this OpenSSL does not "
-                            "negotiate TLS 1.0 or 1.1; use TLS12 or TLS13")
+            raise err(name, f"tls_server_config.{name} {v} is not supported: Python's ssl with this "
+                            "OpenSSL has no cipher for TLS 1.0 or 1.1 at its security level; use "
+                            "TLS12 or TLS13")
         versions[name] = v
     if _TLS_ORDER.index(versions["min_version"]) > _TLS_ORDER.index(versions["max_version"]):
         raise err("max_version", "tls_server_config.max_version is lower than min_version")
@@ -453,6 +454,7 @@ def build_ssl_context(config: WebConfig) -> ssl.SSLContext | None:
 
     def fail(key: str, what: str, e: Exception) -> WebConfigError:
         reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e)
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(reason))  # where in CPython: noise here
         return WebConfigError(t.source, t.line(key), f"tls_server_config.{key}: {what}: {reason}")
 
     for key, path in (("cert_file", t.cert_file), ("key_file", t.key_file)):
