@@ -28,7 +28,8 @@ class _Sender(sdnotify.SystemdNotifier):
     so the caller decides what to log.
     """
 
-    def __init__(self, sock: socket.socket) -> None:  # noqa: super().__init__ deliberately not called
+    def __init__(self, sock: socket.socket) -> None:
+        # super().__init__ deliberately not called: it would connect a socket of its own.
         self.debug = True
         self.socket = sock
 
