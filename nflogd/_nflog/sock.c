@@ -76,6 +76,7 @@ static int wait_ack(struct nflog_sock *s)
 			continue;
 		const size_t total = (size_t)len;
 		int remaining = (int)len;  /* signed: NLMSG_NEXT may step past the end */
+		s->datagrams--;  /* `datagrams` counts log data; this one is counted if it holds some */
 		for (struct nlmsghdr *nlh = (struct nlmsghdr *)s->buf; NLMSG_OK(nlh, remaining);
 		     nlh = NLMSG_NEXT(nlh, remaining)) {
 			if (nlh->nlmsg_type == NLMSG_ERROR && nlh->nlmsg_seq == CONFIG_SEQ) {
@@ -85,6 +86,7 @@ static int wait_ack(struct nflog_sock *s)
 				return e->error;
 			}
 			if (nflog_is_packet_msg(nlh)) {
+				s->datagrams++;
 				s->pending = total;  /* the whole datagram, from its start */
 				return 0;
 			}
