@@ -35,6 +35,7 @@ OUT = BENCH / "out"
 BIN = OUT / "bin"
 VENV_PY = REPO / ".venv" / "bin" / "python"
 VENV_NFLOGD = REPO / ".venv" / "bin" / "nflogd"
+NFLOGD_EXE = VENV_NFLOGD   # --nflogd overrides it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PREFIX = "nflogd-bench-"
 PORT = 9999          # flood destination; group n+1's traffic goes to PORT + n
@@ -444,7 +445,9 @@ class Ulogd(Consumer):
 
     def collect(self) -> dict:
         self.terminate(signal.SIGTERM)
-        return {"records": count_lines(self.outfile)}
+        n = count_lines(self.outfile)
+        self.outfile.unlink(missing_ok=True)   # ~100 MB of text per million records, in RAM
+        return {"records": n}
 
 
 class Uacctd(Consumer):
@@ -510,11 +513,11 @@ class PyLoop(Consumer):
         # wait_idle has run; one more report period makes sure the file has the final count.
         time.sleep(0.5)
         try:
-            n = int(self.countfile.read_text())
+            n, lost = (int(x) for x in self.countfile.read_text().split())
         except (OSError, ValueError):
             raise RuntimeError(f"python loop reported nothing: {self._stderr_tail()}")
         self.stop()
-        return {"records": n}
+        return {"records": n, "lost_by_seq": lost if lost >= 0 else None}
 
 
 class Nflogd(Consumer):
@@ -527,8 +530,11 @@ class Nflogd(Consumer):
     def __init__(self, tmp: Path, extra_config: str = "") -> None:
         super().__init__(tmp)
         self.extra_config = extra_config
+        self.exe = NFLOGD_EXE
 
     def unavailable(self) -> str | None:
+        if self.exe != VENV_NFLOGD:   # --nflogd PATH: benchmark that build as it is
+            return None if os.access(self.exe, os.X_OK) else f"{self.exe} is not executable"
         if not (REPO / "nflogd" / "daemon.py").exists():
             return "nflogd daemon not written yet (nflogd/daemon.py missing)"
         if not VENV_NFLOGD.exists():
@@ -549,7 +555,7 @@ class Nflogd(Consumer):
         self.ready_s: float | None = None
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
         self.t_start = time.monotonic()
-        self.popen(ns, [str(VENV_NFLOGD), "--config", str(cfg)], env=env)
+        self.popen(ns, [str(self.exe), "--config", str(cfg)], env=env)
 
     def ready(self, groups: list[int]) -> bool:
         assert self.proc
@@ -894,7 +900,7 @@ def render(results: dict) -> str:
                 if "error" in s:
                     lines.append(f"| {n} | failed: {s['error']} ||||")
                 else:
-                    lines.append(f"| {s['series'] or n} | {fmt(s['scrape_ms_median'], 1)} | "
+                    lines.append(f"| {int(s['series'] or n):,} | {fmt(s['scrape_ms_median'], 1)} | "
                                  f"{s['scrape_bytes']:,.0f} | {fmt(s['rss_after_mb'], 1)} | "
                                  f"{fmt(s['hwm_mb'], 1)} |")
         lines.append("")
@@ -920,6 +926,8 @@ def main() -> int:
                     help="comma list of a,b,c,series,ready")
     ap.add_argument("--consumers", default="floor,tcpdump,ulogd2,uacctd,python-loop,nflogd",
                     help="comma list; also floor-default-batch")
+    ap.add_argument("--nflogd", default=None, metavar="PATH",
+                    help="nflogd executable to measure (default: the repo's .venv/bin/nflogd)")
     ap.add_argument("--perf", action="store_true",
                     help="also run `perf stat` on the consumer during each flood")
     args = ap.parse_args()
@@ -931,6 +939,9 @@ def main() -> int:
     if os.geteuid() != 0:
         ap.error("needs root (network namespaces, nft, NFLOG)")
 
+    if args.nflogd:
+        global NFLOGD_EXE
+        NFLOGD_EXE = Path(args.nflogd).resolve()
     OUT.mkdir(parents=True, exist_ok=True)
     delete_stale_namespaces()
     # Consumer output files go to tmpfs so disk speed never limits ulogd2 or uacctd.
