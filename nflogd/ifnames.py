@@ -7,8 +7,18 @@ last name it had (its counted packets still belong to it). An index never seen g
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+
+
+def _exportable(name: str) -> str:
+    """The name as valid UTF-8 text: bytes that are not UTF-8 become \\xNN, as in prefixes.
+
+    Linux allows any byte but '/', ':' and whitespace in a name; Python hands non-UTF-8 bytes
+    over as lone surrogates, which cannot be encoded into the exposition text.
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class InterfaceNames:
@@ -22,7 +32,7 @@ class InterfaceNames:
     def refresh(self) -> bool:
         """Re-read the interface table; True when any name changed."""
         try:
-            current = dict(socket.if_nameindex())
+            current = {i: _exportable(n) for i, n in socket.if_nameindex()}
         except OSError:
             return False
         with self._lock:
