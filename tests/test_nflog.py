@@ -347,8 +347,9 @@ def test_two_groups_read_concurrently_from_two_threads() -> None:
             udp dport 7062 counter log prefix "g22" group 22 comment "g22"
           }
         }""")
-        h21, h22 = open_in(ns, 21, qthresh=50, timeout=0.05), open_in(ns, 22, qthresh=50,
-                                                                         timeout=0.05)
+        # Two Python readers against two full-speed senders need a real buffer (as the daemon has).
+        opts = dict(qthresh=50, timeout=0.05, rcvbuf=8 << 20, seq=True)
+        h21, h22 = open_in(ns, 21, **opts), open_in(ns, 22, **opts)
         got: dict[int, list] = {}
         errors: list[BaseException] = []
 
@@ -369,6 +370,7 @@ def test_two_groups_read_concurrently_from_two_threads() -> None:
         assert not errors, errors
         assert_quiet(h21)
         assert_quiet(h22)
+        assert h21.lost == h22.lost == 0
         h21.close()
         h22.close()
         assert rule_counts(ns, "g21")[0] == 3000 and rule_counts(ns, "g22")[0] == 2000
