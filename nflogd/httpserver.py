@@ -66,6 +66,10 @@ _AUTH_CACHE_SIZE = 1024
 _LINGER = 1.0  # seconds to drain a client after "Connection: close" so our answer is not reset
 _REJECT_TIMEOUT = 2.0  # handshake/request budget of a connection that only gets a 503
 _GZIP_MIN = 256
+# At the cap, a connection that has waited this long on its client (handshake, request head, or
+# idle keep-alive) gives its slot to a newcomer: idle clients cannot hold every slot, while a
+# real client gets through a handshake and a request head in milliseconds.
+_EVICT_AFTER = 0.25
 
 # connection states
 _HANDSHAKE, _READ, _BODY, _BUSY, _WRITE, _DRAIN, _CLOSED = range(7)
@@ -77,6 +81,7 @@ class ServerStats:
 
     connections_accepted: int
     connections_rejected: int  # over max_connections: answered 503 or closed at once
+    connections_evicted: int  # stalled connections closed at the cap to make room for a new one
     connections_open: int
     tls_handshake_failures: int  # includes handshake timeouts and refused client certificates
     requests: Mapping[int, int]  # responses by status code
@@ -98,7 +103,7 @@ class _Request:
 
 class _Conn:
     __slots__ = ("sock", "peer", "tls", "reject", "state", "deadline", "inbuf", "out", "close_after",
-                 "events", "got_bytes", "idle", "request", "head_len")
+                 "events", "got_bytes", "idle", "request", "head_len", "since")
 
     def __init__(self, sock: socket.socket, peer: str, reject: bool) -> None:
         self.sock = sock
@@ -115,6 +120,7 @@ class _Conn:
         self.idle = False  # between keep-alive requests: the idle timeout applies
         self.request: _Request | None = None
         self.head_len = 0
+        self.since = 0.0  # when it started waiting on the client (handshake or request head)
 
 
 class _AuthCache:
@@ -268,6 +274,7 @@ class MetricsServer:
         self._rejecting = 0
         self._accepted = 0
         self._rejected = 0
+        self._evicted = 0
         self._handshake_failures = 0
         self._auth_failures = 0
         self._codes: collections.Counter[int] = collections.Counter()
@@ -314,6 +321,7 @@ class MetricsServer:
         with self._lock:
             return ServerStats(
                 connections_accepted=self._accepted, connections_rejected=self._rejected,
+                connections_evicted=self._evicted,
                 connections_open=self._serving + self._rejecting,
                 tls_handshake_failures=self._handshake_failures, requests=dict(self._codes),
                 auth_failures=self._auth_failures, tls_reloads=self._tls_reloads,
@@ -408,8 +416,7 @@ class MetricsServer:
                 self._serving += 1
                 reject = False
             elif self._rejecting < self._reject_slots:
-                self._rejecting += 1
-                self._rejected += 1
+                self._rejecting += 1  # counted as rejected unless it gets an evicted one's slot
                 reject = True
             else:
                 self._rejected += 1
@@ -440,33 +447,43 @@ class MetricsServer:
                     conn = key.data
                     if conn is None:
                         _drain_wake(self._wake_r)
-                        continue
-                    if conn.state != _CLOSED:
-                        self._on_ready(conn)
+                    elif conn.state != _CLOSED:
+                        self._guarded(self._on_ready, conn)
                 self._take_inbox()
                 if time.monotonic() >= self._nearest:
                     self._sweep()
         except Exception:  # a bug here would silently stop serving: make it loud
-            log.exception("HTTP I/O loop failed")
+            log.exception("HTTP I/O loop failed; the metrics endpoint is down")
             raise
         finally:
             for conn in list(self._conns):
                 self._close(conn)
             self._sel.close()
 
+    def _guarded(self, step: Callable[..., None], conn: _Conn, *args: object) -> None:
+        """One connection's bug closes that connection, not the server."""
+        try:
+            step(conn, *args)
+        except Exception:
+            log.exception("%s: unexpected error; connection closed", conn.peer)
+            self._close(conn)
+
     def _take_inbox(self) -> None:
         while self._inbox:
             msg = self._inbox.popleft()
             if msg[0] == "new":
-                self._start_conn(msg[1])
+                self._guarded(self._start_conn, msg[1])
             else:  # ("done", conn, response bytes, close_after)
                 _, conn, data, close_after = msg
                 if conn.state == _BUSY:
-                    self._send(conn, data, close_after)
+                    self._guarded(self._send, conn, data, close_after)
 
     def _start_conn(self, conn: _Conn) -> None:
         self._conns.add(conn)
         now = time.monotonic()
+        if conn.reject:
+            self._evict_for(conn, now)
+        conn.since = now
         ctx = self._tls_context(now)
         if ctx is not None:
             try:
@@ -484,6 +501,26 @@ class MetricsServer:
             conn.state = _READ
             self._set_deadline(conn, now + self._limit(conn, self._header_timeout))
             self._watch(conn, selectors.EVENT_READ)
+
+    def _evict_for(self, conn: _Conn, now: float) -> None:
+        """Give `conn` (over the cap) the slot of the connection that has waited longest on its
+        client, if one has waited _EVICT_AFTER; otherwise it stays a 503 connection."""
+        victim = None
+        for c in self._conns:
+            if not c.reject and c.state in (_HANDSHAKE, _READ, _BODY) and \
+                    now - c.since >= _EVICT_AFTER and (victim is None or c.since < victim.since):
+                victim = c
+        with self._lock:
+            if victim is None:
+                self._rejected += 1
+                return
+            self._evicted += 1
+            self._rejecting -= 1
+            self._serving += 1  # the victim's slot, given back below
+        log.debug("%s: closed after %.1fs waiting, to make room at the connection cap",
+                  victim.peer, now - victim.since)
+        self._close(victim)
+        conn.reject = False
 
     def _on_ready(self, conn: _Conn) -> None:
         if conn.state == _HANDSHAKE:
@@ -515,7 +552,8 @@ class MetricsServer:
             self._handshake_failed(conn, "client certificate has none of client_allowed_sans")
             return
         conn.state = _READ
-        self._set_deadline(conn, time.monotonic() + self._limit(conn, self._header_timeout))
+        conn.since = time.monotonic()
+        self._set_deadline(conn, conn.since + self._limit(conn, self._header_timeout))
         self._read(conn)  # the request may already sit decrypted in OpenSSL's buffer
 
     def _handshake_failed(self, conn: _Conn, why: str) -> None:
@@ -649,8 +687,9 @@ class MetricsServer:
         # keep-alive: wait for the next request (maybe already here, pipelined)
         conn.state = _READ
         conn.idle = not conn.got_bytes
+        conn.since = time.monotonic()
         limit = self._idle_timeout if conn.idle else self._header_timeout
-        self._set_deadline(conn, time.monotonic() + limit)
+        self._set_deadline(conn, conn.since + limit)
         self._read(conn)
 
     def _linger(self, conn: _Conn) -> None:
@@ -703,7 +742,7 @@ class MetricsServer:
         now = time.monotonic()
         # a connection at a worker has no deadline while render() runs
         for conn in [c for c in self._conns if c.state != _BUSY and c.deadline <= now]:
-            self._expire(conn)
+            self._guarded(self._expire, conn)
         self._nearest = min((c.deadline for c in self._conns if c.state != _BUSY),
                             default=float("inf"))
 

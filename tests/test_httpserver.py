@@ -19,6 +19,7 @@ import socket
 import ssl
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -366,7 +367,8 @@ def test_client_certificate_required(pki: Path, tmp_path: Path) -> None:
         assert (rc, status, body) == (0, "200", BODY)
         with pytest.raises((ssl.SSLError, ConnectionError)):
             https_get(srv.address[1], client_ctx(pki, "client_wrongca"))
-        assert srv.stats().tls_handshake_failures >= 3
+        _wait_closed(srv)  # the client saw the alert; let the server finish its side
+        assert srv.stats().tls_handshake_failures == 3
 
 
 def test_client_certificate_optional(pki: Path, tmp_path: Path) -> None:
@@ -527,7 +529,9 @@ def test_1000_concurrent_connections_leave_it_serving(tools: None) -> None:
         busy = sum(1 for r in replies.values() if r.startswith(b"HTTP/1.1 503 "))
         closed = sum(1 for r in replies.values() if r == b"")
         assert ok + busy + closed == n
-        assert ok == 64 and busy >= 1
+        # the first ones in get served, some more a 503, the rest closed at once (a slow machine
+        # may also see a few idle ones evicted to make room, hence <=)
+        assert 1 <= ok <= 64 and busy >= 1 and closed >= n - 64 - 64 - 64
         for s in socks:
             s.close()
         sel.close()
@@ -536,13 +540,12 @@ def test_1000_concurrent_connections_leave_it_serving(tools: None) -> None:
         assert (rc, status, body) == (0, "200", BODY)
         st = srv.stats()
         assert st.connections_accepted == n + 1
-        assert st.connections_rejected == n - 64
+        assert st.connections_rejected + st.connections_evicted == n - 64
         assert st.requests == {200: ok + 1, 503: busy}
         assert threading_count_is_bounded()
 
 
 def threading_count_is_bounded() -> bool:
-    import threading
     return threading.active_count() < 20
 
 
@@ -565,16 +568,52 @@ def test_1000_stalled_tls_connections_then_serving(pki: Path, tmp_path: Path) ->
 
 
 def test_over_the_cap_tls_gets_503_after_handshake(pki: Path, tmp_path: Path) -> None:
-    with serving(tls_config(tmp_path, pki), max_connections=2) as srv:
+    release = threading.Event()
+
+    def slow_render(accept: str | None) -> tuple[bytes, str]:
+        if accept == "hold":  # keeps its connection busy until released
+            release.wait(10)
+        return BODY, CTYPE
+
+    with serving(tls_config(tmp_path, pki), max_connections=2, render=slow_render) as srv:
         port = srv.address[1]
         holders = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-        time.sleep(0.1)
+        tls = [client_ctx(pki).wrap_socket(s, server_hostname="localhost") for s in holders]
+        for s in tls:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: hold\r\n\r\n")
+        time.sleep(0.5)  # busy connections are never evicted, however long they take
         rc, status, body = curl("--cacert", str(pki / "ca.pem"), f"https://localhost:{port}/metrics")
-        assert status == "503"
-        for s in holders:
+        assert status == "503" and b"Too many connections" in body
+        release.set()
+        for s in tls:
+            s.settimeout(5)
+            assert s.recv(100).startswith(b"HTTP/1.1 200 ")
             s.close()
         _wait_closed(srv)
         assert https_get(port, client_ctx(pki))[:2] == (200, BODY)
+        st = srv.stats()
+        assert (st.connections_rejected, st.connections_evicted) == (1, 0)
+
+
+def test_at_the_cap_stalled_connections_make_room(pki: Path, tmp_path: Path) -> None:
+    with serving(tls_config(tmp_path, pki), max_connections=2) as srv:
+        port = srv.address[1]
+        idle = socket.create_connection(("127.0.0.1", port))
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(partial_client_hello())
+        time.sleep(0.4)
+        t0 = time.monotonic()
+        kept = http.client.HTTPSConnection("localhost", port, context=client_ctx(pki), timeout=5)
+        kept.request("GET", "/metrics")  # takes the idle one's slot, and keeps it (keep-alive)
+        assert kept.getresponse().read() == BODY
+        assert time.monotonic() - t0 < 1.0
+        assert https_get(port, client_ctx(pki))[:2] == (200, BODY)  # takes the half handshake's
+        kept.close()
+        for s in (idle, half):
+            s.settimeout(2)
+            assert s.recv(100) == b""  # the stalled ones were closed, the oldest first
+            s.close()
+        assert srv.stats().connections_evicted == 2
 
 
 # --- basic auth ------------------------------------------------------------------------------------
