@@ -10,8 +10,10 @@ limit. Here:
   few bytes, never a thread, and never delays anyone else;
 - a fixed pool of worker threads does the slow parts (bcrypt, render(), gzip) one request at a time.
 
-Beyond `max_connections` a connection still gets its TLS handshake and a 503 (in a bounded number
-of extra slots); beyond those it is closed at once. Nothing grows without a bound.
+At `max_connections`, a newcomer takes the slot of the connection that has waited longest on its
+client (handshake, request head or idle keep-alive, for at least 0.25 s), so idle clients cannot
+lock scrapers out. When every slot is busy, the newcomer still gets its TLS handshake and a 503 (in
+a bounded number of extra slots); beyond those it is closed at once. Nothing grows without a bound.
 """
 
 from __future__ import annotations
@@ -402,9 +404,9 @@ class MetricsServer:
                             log.warning("cannot accept connections: %s", e.strerror)
                             self._stopping.wait(0.1)  # the backlog waits; no busy loop
                             break
-                        if self._stopping.is_set():
-                            return
-                        continue  # ECONNABORTED and friends: that client is gone
+                        # ECONNABORTED and friends: that client is gone; back to select()
+                        log.debug("accept failed: %s", e)
+                        break
                     self._admit(sock, addr)
         finally:
             sel.close()
@@ -479,11 +481,11 @@ class MetricsServer:
                     self._guarded(self._send, conn, data, close_after)
 
     def _start_conn(self, conn: _Conn) -> None:
-        self._conns.add(conn)
         now = time.monotonic()
+        conn.since = now
+        self._conns.add(conn)
         if conn.reject:
             self._evict_for(conn, now)
-        conn.since = now
         ctx = self._tls_context(now)
         if ctx is not None:
             try:
@@ -567,7 +569,8 @@ class MetricsServer:
 
     def _read(self, conn: _Conn) -> None:
         """Read what is there (OpenSSL may hold decrypted bytes select() cannot see), then parse."""
-        cap = self._max_header + self._max_body + 1
+        # enough for the longest head (with its blank line) and body: never stuck short of it
+        cap = self._max_header + 4 + self._max_body + 1
         want = selectors.EVENT_READ
         while len(conn.inbuf) < cap:
             try:
