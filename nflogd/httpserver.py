@@ -190,7 +190,7 @@ class _State:
 def _file_sig(config: WebConfig | None) -> tuple:
     if config is None or config.tls is None:
         return ()
-    sig = []
+    sig: list[tuple] = []
     for path in config.tls.files:
         try:
             st = os.stat(path)
@@ -635,8 +635,8 @@ class MetricsServer:
         if conn.state == _BODY:
             if len(conn.inbuf) < conn.head_len:
                 return
-            req = conn.request
-            assert req is not None
+            pending = conn.request
+            assert pending is not None
             del conn.inbuf[:conn.head_len]  # the body, if any, is read and dropped
             conn.request = None
             conn.got_bytes = bool(conn.inbuf)
@@ -646,7 +646,7 @@ class MetricsServer:
                 return
             conn.state = _BUSY
             self._watch(conn, 0)
-            self._jobs.put((conn, req))
+            self._jobs.put((conn, pending))
 
     def _error(self, conn: _Conn, code: int, body: str | None = None,
                extra: tuple[tuple[str, str], ...] = ()) -> None:
