@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import hmac
 import html
+import ipaddress
 import logging
 import os
 import queue
@@ -1024,7 +1025,6 @@ def _accepts_gzip(value: str | None) -> bool:
 
 def _sans_match(cert: dict, allowed: tuple[str, ...]) -> bool:
     """exporter-toolkit's client_allowed_sans: any DNS, e-mail, IP or URI SAN listed exactly."""
-    import ipaddress
     for kind, value in cert.get("subjectAltName", ()):
         if kind == "IP Address":
             try:  # Python prints IPv6 uncompressed; Go compares the compressed form
