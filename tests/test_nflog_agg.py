@@ -301,3 +301,24 @@ def test_one_aggregator_fed_from_two_threads_is_exact() -> None:
         assert h1.lost == h2.lost == 0
         h1.close()
         h2.close()
+
+
+@pytest.mark.parametrize("copymode, copyrange, whole", [
+    (nflog.COPY_PACKET, 20, True),   # just the IPv4 header: enough for the length
+    (nflog.COPY_META, 0, False),     # no payload: packets counted, 0 bytes (documented)
+])
+def test_bytes_need_the_ip_header_copied(copymode: int, copyrange: int, whole: bool) -> None:
+    with Netns("aggcopy") as ns:
+        ns.nft("""
+        table ip t {
+          chain out { type filter hook output priority 0;
+            udp dport 7271 counter log prefix "c" group 1 comment "c"
+          }
+        }""")
+        with open_in(ns, 1, copymode=copymode, copyrange=copyrange) as h:
+            agg = nflog.Aggregator(["prefix", "proto"])
+            ns.send_udp("127.0.0.1", 7271, 5, 700)
+            aggregate_until(h, agg, 5)
+        packets, octets = rule_counts(ns, "c")
+    assert packets == 5 and octets == 5 * 728
+    assert agg.snapshot() == [((b"c", 17 if whole else None), 5, octets if whole else 0)]

@@ -228,7 +228,10 @@ static PyObject *row(AggregatorObject *self, const struct agg_entry *e)
 PyDoc_STRVAR(snapshot_doc,
 "snapshot($self, /)\n--\n\n"
 "Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order\n"
-"given to the constructor (None where the record had no such value). Counters only grow.");
+"given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface\n"
+"indexes (None when absent; names belong to the handle's network namespace); uid, gid and proto\n"
+"None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints.\n"
+"Counters only grow, until clear().");
 
 static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
 {
@@ -366,7 +369,9 @@ PyDoc_STRVAR(aggregator_doc,
 "Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by\n"
 "Nflog.aggregate() in C with the GIL released; read with snapshot(). A record whose key is new\n"
 "when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`.\n"
-"Bytes are the IP header's total length, so they are right whatever the copy range.");
+"Bytes are the IP header's total length, so they are right whatever the copy range, as long as\n"
+"the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload\n"
+"(COPY_META, COPY_NONE) adds 0 bytes.");
 
 PyTypeObject AggregatorType = {
 	PyVarObject_HEAD_INIT(NULL, 0)

@@ -312,7 +312,6 @@ static PyObject *data_repr(PyObject *self)
 }
 
 PyDoc_STRVAR(data_doc,
-"NflogData\n--\n\n"
 "One NFLOG record. Read-only attributes; every attribute the kernel did not send is None.\n"
 "dict(data) gives all of them.");
 

@@ -484,12 +484,18 @@ static PyObject *handle_getgroup(HandleObject *self, PyObject *unused)
 	return PyLong_FromLong(self->group);
 }
 
+PyDoc_STRVAR(enter_doc, "__enter__($self, /)\n--\n\nReturn the handle itself.");
+
 static PyObject *handle_enter(HandleObject *self, PyObject *unused)
 {
 	(void)unused;
 	Py_INCREF(self);
 	return (PyObject *)self;
 }
+
+PyDoc_STRVAR(exit_doc,
+"__exit__($self, /, *exc_info)\n--\n\nClose the handle (see close()); an exception in the block "
+"propagates.");
 
 static PyObject *handle_exit(HandleObject *self, PyObject *args)
 {
@@ -608,8 +614,8 @@ static PyMethodDef handle_methods[] = {
 	{"getfd", (PyCFunction)handle_getfd, METH_NOARGS, getfd_doc},
 	{"fileno", (PyCFunction)handle_fileno, METH_NOARGS, fileno_doc},
 	{"getgroup", (PyCFunction)handle_getgroup, METH_NOARGS, getgroup_doc},
-	{"__enter__", (PyCFunction)handle_enter, METH_NOARGS, NULL},
-	{"__exit__", (PyCFunction)handle_exit, METH_VARARGS, NULL},
+	{"__enter__", (PyCFunction)handle_enter, METH_NOARGS, enter_doc},
+	{"__exit__", (PyCFunction)handle_exit, METH_VARARGS, exit_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -637,10 +643,11 @@ static PyGetSetDef handle_getset[] = {
 };
 
 PyDoc_STRVAR(handle_doc,
-"Nflog(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=ENOBUFS_RAISE,\n"
-"      copymode=COPY_PACKET, copyrange=0, seq=False)\n--\n\n"
-"A handle on one NFLOG group, bound on creation (use nflog.open()). Iterating yields records until\n"
-"the handle is closed; it is a context manager that closes on exit.");
+"Nflog(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=0, copymode=2, copyrange=0, "
+"seq=False)\n--\n\n"
+"A handle on one NFLOG group, bound on creation (use nflog.open(), which documents the arguments;\n"
+"enobufs=0 is ENOBUFS_RAISE, copymode=2 is COPY_PACKET). Iterating yields records until the\n"
+"handle is closed; it is a context manager that closes on exit.");
 
 PyTypeObject HandleType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
