@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from . import __version__
 from .config import Config, GroupConfig, classify
+from .httpserver import ServerStats
 from .ifnames import InterfaceNames
 from .nflog import FAMILY_NAMES, HOOK_NAMES, PROTO_NAMES
 from .worker import GroupWorker, WorkerStats
@@ -131,8 +132,10 @@ class HealthCollector:
     """nflogd's own metrics, per group where it applies; a prometheus_client custom collector."""
 
     def __init__(self, workers: Callable[[], Sequence[GroupWorker]], config: Callable[[], Config],
-                 reload_status: ReloadStatus, retired_overflow: Callable[[], int]) -> None:
+                 reload_status: ReloadStatus, retired_overflow: Callable[[], int],
+                 server_stats: Callable[[], ServerStats | None] = lambda: None) -> None:
         self._workers = workers
+        self._server_stats = server_stats
         self._config = config
         self._reload = reload_status
         self._retired_overflow = retired_overflow
@@ -191,10 +194,32 @@ class HealthCollector:
         yield GaugeMetricFamily("nflogd_config_last_reload_success_timestamp_seconds",
                                 "Unix time of the last successful configuration load.",
                                 value=self._reload.success_time)
+        yield from self._http(self._server_stats())
         info = GaugeMetricFamily("nflogd_build_info", "nflogd build information; always 1.",
                                  labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
+
+
+    @staticmethod
+    def _http(st: ServerStats | None) -> Iterator[Metric]:
+        if st is None:
+            return
+        requests = CounterMetricFamily("nflogd_http_requests", "HTTP requests answered, by status "
+                                       "code.", labels=["code"])
+        for code, n in sorted(st.requests.items()):
+            requests.add_metric([str(code)], n)
+        yield requests
+        yield CounterMetricFamily("nflogd_http_connections_rejected",
+                                  "Connections refused or evicted at the connection cap.",
+                                  value=st.connections_rejected + st.connections_evicted)
+        yield CounterMetricFamily("nflogd_http_auth_failures", "Requests with missing or wrong "
+                                  "basic-auth credentials.", value=st.auth_failures)
+        yield CounterMetricFamily("nflogd_http_tls_handshake_failures", "TLS handshakes that "
+                                  "failed or timed out.", value=st.tls_handshake_failures)
+        yield CounterMetricFamily("nflogd_tls_certificate_reload_failures", "Changed certificate "
+                                  "or key files that did not load (the old ones keep serving).",
+                                  value=st.tls_reload_failures)
 
 
 class Exposition:

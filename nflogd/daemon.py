@@ -52,7 +52,8 @@ class Daemon:
         self.exposition = Exposition(
             RecordCounters(self.ifnames),
             HealthCollector(self.worker_list, lambda: self.config, self.reload_status,
-                            lambda: self._retired_overflow),
+                            lambda: self._retired_overflow,
+                            lambda: self.server.stats() if self.server else None),
             self.worker_list, lambda: self.config, self.ifnames)
 
     def worker_list(self) -> Sequence[GroupWorker]:
@@ -95,7 +96,7 @@ class Daemon:
             self.server.start()
         except OSError as e:
             self._stop_workers()
-            raise StartupError(f"cannot listen on {cfg.listen}: {e}") from e
+            raise StartupError(str(e)) from e  # it names the address already
         for w in self.workers.values():
             w.start()
         bound = sum(1 for w in self.workers.values() if w.stats().bound)
@@ -163,12 +164,12 @@ class Daemon:
         try:
             new = load_config(self.config_path) if self.config_path else self.config
             web = self._web_config(new)
+            self._apply(new, web)
         except (ConfigError, WebConfigError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             self.reload_status.record(False)
             self.notifier.ready(f"reload failed: {e}")
             return False
-        self._apply(new, web)
         self.reload_status.record(True)
         self.notifier.ready(self._status_text())
         log.info("reloaded: %d groups", len(self.workers))
@@ -176,6 +177,10 @@ class Daemon:
 
     def _apply(self, new: Config, web: WebConfig | None) -> None:
         old = self.config
+        same_endpoint = (new.listen_host, new.listen_port, new.metrics_path) == (
+            old.listen_host, old.listen_port, old.metrics_path)
+        if same_endpoint and self.server is not None:
+            self.server.reload(web)  # raises WebConfigError before anything else changed
         self.budget.limit = new.max_series
         relabel = fields_for(new.labels) != fields_for(old.labels)
         wanted = {g.group: g for g in new.groups}
@@ -194,8 +199,7 @@ class Daemon:
             self.workers[group] = w
             w.start()
         self.config = new
-        if (new.listen_host, new.listen_port, new.metrics_path) != (
-                old.listen_host, old.listen_port, old.metrics_path):
+        if not same_endpoint:
             server = self._make_server(new, web)
             try:
                 server.start()
@@ -205,8 +209,6 @@ class Daemon:
             assert self.server is not None
             self.server.stop()
             self.server = server
-        elif self.server is not None:
-            self.server.reload(web)
 
     def _retire_worker(self, group: int) -> None:
         w = self.workers.pop(group)
