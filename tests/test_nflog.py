@@ -632,3 +632,25 @@ def test_without_cap_net_admin_the_error_says_root_or_cap_net_admin_is_needed() 
         result = json.loads(proc.stdout)
     assert result[0] == errno.EPERM, result
     assert "binding NFLOG group 9 needs root or CAP_NET_ADMIN" in result[1]
+
+
+def test_a_handle_never_opened_or_opened_twice_is_safe() -> None:
+    # Made without __init__ (or after a failed one): every method answers, nothing crashes.
+    h = nflog.Nflog.__new__(nflog.Nflog)
+    assert h.queued == 0 and h.closed and h.getfd() is None and list(h) == []
+    assert (h.received, h.lost, h.drops) == (0, 0, 0)
+    with pytest.raises(nflog.NflogClosedError):
+        h.next()
+    h.close()
+    assert h.__exit__(None, None, None) is False
+    with Netns("reinit") as ns:
+        with pytest.raises(ValueError):
+            with ns.entered():
+                h.__init__(1, nlbuf=5)
+        with ns.entered():
+            h.__init__(1)  # a failed __init__ may be retried
+        assert not h.closed and h.getgroup() == 1
+        with pytest.raises(RuntimeError, match="already called"):
+            with ns.entered():
+                h.__init__(2)
+        h.close()

@@ -68,8 +68,8 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	double timeout = 0.0;
 	struct nflog_config cfg;
 
-	if (self->queue) {
-		PyErr_SetString(PyExc_RuntimeError, "Nflog is already open");
+	if (self->offsets) {  /* set once a bind succeeded; a failed __init__ may be retried */
+		PyErr_SetString(PyExc_RuntimeError, "Nflog.__init__ was already called: open a new handle");
 		return -1;
 	}
 	if (!PyArg_ParseTupleAndKeywords(args, kw, "l|$dllliilp:open", kwlist, &group, &timeout,
@@ -105,9 +105,6 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 		.timeout = (uint32_t)lround(timeout * 100.0), .rcvbuf = (int)rcvbuf,
 		.enobufs = enobufs, .seq = seq,
 	};
-	self->queue = PyList_New(0);
-	if (!self->queue)
-		return -1;
 	Py_BEGIN_ALLOW_THREADS
 	r = nflog_sock_open(&self->sock, &cfg);
 	Py_END_ALLOW_THREADS
@@ -141,9 +138,15 @@ static PyObject *handle_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	(void)args;
 	(void)kw;
 	HandleObject *self = (HandleObject *)type->tp_alloc(type, 0);
-	if (self) {
-		self->sock.fd = self->sock.wakefd = -1;
-		self->closed = 1;  /* until __init__ succeeds */
+	if (!self)
+		return NULL;
+	self->sock.fd = self->sock.wakefd = -1;
+	self->closed = 1;  /* until __init__ succeeds */
+	/* Made here, not in __init__, so every method is safe on a handle __init__ never opened. */
+	self->queue = PyList_New(0);
+	if (!self->queue) {
+		Py_DECREF(self);
+		return NULL;
 	}
 	return (PyObject *)self;
 }
