@@ -654,3 +654,45 @@ def test_a_handle_never_opened_or_opened_twice_is_safe() -> None:
             with ns.entered():
                 h.__init__(2)
         h.close()
+
+
+@pytest.mark.parametrize("how", ["next", "iterate", "aggregate"])
+def test_a_signal_handler_runs_and_its_exception_ends_a_blocked_read(how: str) -> None:
+    import signal
+
+    class Alarm(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Alarm()
+
+    with Netns("sig") as ns, hang_guard(60):
+        h = open_in(ns, 8)
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            t0 = time.monotonic()
+            with pytest.raises(Alarm):  # Ctrl-C (KeyboardInterrupt) takes the same path
+                if how == "next":
+                    h.next()
+                elif how == "iterate":
+                    for _ in h:
+                        pass
+                else:
+                    h.aggregate(nflog.Aggregator(["group"]), timeout=None)
+            assert time.monotonic() - t0 < 2
+            # A handler that returns normally: the read goes on and gets its record.
+            ticks: list[int] = []
+            signal.signal(signal.SIGALRM, lambda s, f: ticks.append(s))
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            ns.nft(RULES_7050)
+            sender = ns.popen([SYSTEM_PYTHON, "-c", "import socket,time; time.sleep(0.6); "
+                               "socket.socket(socket.AF_INET,socket.SOCK_DGRAM)"
+                               ".sendto(b'x',('127.0.0.1',7050))"])
+            d = h.next()
+            sender.wait(10)
+            assert ticks == [signal.SIGALRM] and d.prefix == "api"
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            h.close()
