@@ -322,6 +322,9 @@ static void test_ip_headers(void)
 		else
 			CHECK(r.ip_len == n && !r.has_l4proto, "ipv4 short %zu: ip_len %u", n, r.ip_len);
 	}
+	/* Total length 0 (BIG TCP GSO): the copied length, the protocol still known. */
+	p[2] = p[3] = 0;
+	CHECK(parse_payload(2, 0x0800, p, 60, &r) == 0 && r.ip_len == 60 && r.l4proto == 17, "tot_len 0");
 	/* Not IP (ARP in a bridge record): the copied length, no protocol. */
 	CHECK(parse_payload(7, 0x0806, p, 28, &r) == 0 && r.ip_len == 28 && !r.has_l4proto, "arp");
 	/* Version and family disagree: not trusted. */

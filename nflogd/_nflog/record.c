@@ -89,7 +89,10 @@ static void parse_ip(struct nflog_record *rec)
 	bool want4 = rec->hw_protocol == ETHERTYPE_IPV4 || rec->family == 2;
 	bool want6 = rec->hw_protocol == ETHERTYPE_IPV6 || rec->family == 10;
 	if (version == 4 && want4 && len >= 20) {
-		rec->ip_len = get_be16(p + 2);
+		uint16_t tot_len = get_be16(p + 2);
+		/* 0 marks a BIG TCP GSO packet over 64 KiB: keep the copied length, as for jumbograms. */
+		if (tot_len != 0)
+			rec->ip_len = tot_len;
 		rec->l4proto = p[9];
 		rec->has_l4proto = true;
 	} else if (version == 6 && want6 && len >= 40) {
