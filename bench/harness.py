@@ -759,6 +759,7 @@ def run_series(args, tmp: Path, results: dict) -> None:
                                   "-n", str(n)]), timeout=600)
                 time.sleep(FLUSH_S + 0.1)
                 wait_idle(c.proc.pid)
+                rss_rec = rss_bytes(c.proc.pid)   # aggregated, not yet scraped
                 # Bounded wait until every series shows (snapshots may lag the records).
                 seen = None
                 for _ in range(30):
@@ -776,6 +777,7 @@ def run_series(args, tmp: Path, results: dict) -> None:
                     "scrape_ms_min": 1000 * min(s["times"]),
                     "scrape_bytes": statistics.median(s["sizes"]), "repeats": repeats,
                     "rss_before_mb": rss0.get("VmRSS", 0) / 2**20,
+                    "rss_records_mb": rss_rec.get("VmRSS", 0) / 2**20,
                     "rss_after_mb": rss1.get("VmRSS", 0) / 2**20,
                     "hwm_mb": rss1.get("VmHWM", 0) / 2**20,
                     "ready_s": c.ready_s, "sweep": fl.stdout.strip(),
@@ -854,7 +856,8 @@ def machine() -> dict:
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [f"# nflogd benchmark ({results['when']})", "",
-             f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['mem_gb']} GB, kernel {m['kernel']}, "
+             f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['mem_gb']} GB, "
+             f"kernel {m['kernel']}, "
              f"{m['os']}. Rounds: {results['rounds']} (interleaved), medians.", ""]
     if results["not_available"]:
         lines.append("Not available in this run: " + "; ".join(
@@ -894,14 +897,16 @@ def render(results: dict) -> str:
         if "not_available" in ser:
             lines.append(f"not available: {ser['not_available']}")
         else:
-            lines += ["| series | scrape ms (median) | scrape bytes | RSS MB | peak RSS MB |",
+            lines += ["| series | scrape ms (median) | scrape bytes | RSS MB idle / aggregated / "
+                      "after scrapes | peak RSS MB |",
                       "|---:|---:|---:|---:|---:|"]
             for n, s in ser.items():
                 if "error" in s:
                     lines.append(f"| {n} | failed: {s['error']} ||||")
                 else:
                     lines.append(f"| {int(s['series'] or n):,} | {fmt(s['scrape_ms_median'], 1)} | "
-                                 f"{s['scrape_bytes']:,.0f} | {fmt(s['rss_after_mb'], 1)} | "
+                                 f"{s['scrape_bytes']:,.0f} | {fmt(s['rss_before_mb'], 1)} / "
+                                 f"{fmt(s['rss_records_mb'], 1)} / {fmt(s['rss_after_mb'], 1)} | "
                                  f"{fmt(s['hwm_mb'], 1)} |")
         lines.append("")
     rd = results.get("ready")
@@ -924,8 +929,10 @@ def main() -> int:
                     help="records per flood in scenario a (b sends twice as many)")
     ap.add_argument("--scenarios", default="a,b,c,series,ready",
                     help="comma list of a,b,c,series,ready")
-    ap.add_argument("--consumers", default="floor,tcpdump,ulogd2,uacctd,python-loop,nflogd",
-                    help="comma list; also floor-default-batch")
+    ap.add_argument("--consumers",
+                    default="floor,floor-default-batch,tcpdump,ulogd2,uacctd,python-loop,nflogd",
+                    help="comma list (floor-default-batch: floor with the kernel's default "
+                         "batching)")
     ap.add_argument("--nflogd", default=None, metavar="PATH",
                     help="nflogd executable to measure (default: the repo's .venv/bin/nflogd)")
     ap.add_argument("--perf", action="store_true",
