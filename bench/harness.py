@@ -685,6 +685,27 @@ def med(vals: list) -> float | None:
     return statistics.median(v) if v else None
 
 
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    summary = {}
+    for name, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        summary[name] = {
+            "rounds": len(ok), "errors": [r["error"] for r in rs if "error" in r],
+            "records": med([r["records"] for r in ok]),
+            "logged": med([r["logged"] for r in ok]),
+            "loss_pct": med([r["loss_pct"] for r in ok]),
+            "loss_pct_max": max([r["loss_pct"] for r in ok], default=None),
+            "lost_by_seq": med([r.get("lost_by_seq") for r in ok]),
+            "cpu_us_per_record": med([r["cpu_us_per_record"] for r in ok]),
+            "cpu_ticks_us_per_record": med([1e6 * r["cpu_ticks_s"] / r["records"]
+                                            if r["records"] else None for r in ok]),
+            "sender_rate": med([r["sender_rate"] for r in ok]),
+            "records_per_datagram": med([r.get("records_per_datagram") for r in ok]),
+            "ready_s": med([r.get("ready_s") for r in ok]),
+        }
+    return summary
+
+
 def run_flood_scenarios(args, tmp: Path, consumers: list[Consumer], results: dict) -> None:
     defs = scenario_defs(args.smoke, args.records)
     wanted = []
@@ -701,6 +722,8 @@ def run_flood_scenarios(args, tmp: Path, consumers: list[Consumer], results: dic
             cs = [c for c in consumers if not isinstance(c, FloorMulti)]
         log(f"scenario {key}: {sd['title']}; consumers {[c.name for c in cs]}")
         runs: dict[str, list[dict]] = {c.name: [] for c in cs}
+        # Registered before the first measurement, so an interrupted run still reports its rounds.
+        results["scenarios"][key] = {"title": sd["title"], "runs": runs}
         for rnd in range(args.rounds):
             for c in cs:      # interleaved: A B C ... A B C ..., so drift hits all alike
                 try:
@@ -714,24 +737,7 @@ def run_flood_scenarios(args, tmp: Path, consumers: list[Consumer], results: dic
                         f"= {fmt(r['cpu_us_per_record'], 3)} us/rec, sender "
                         f"{r['sender_rate']:,.0f}/s")
                 runs[c.name].append(r)
-        summary = {}
-        for name, rs in runs.items():
-            ok = [r for r in rs if "error" not in r]
-            summary[name] = {
-                "rounds": len(ok), "errors": [r["error"] for r in rs if "error" in r],
-                "records": med([r["records"] for r in ok]),
-                "logged": med([r["logged"] for r in ok]),
-                "loss_pct": med([r["loss_pct"] for r in ok]),
-                "loss_pct_max": max([r["loss_pct"] for r in ok], default=None),
-                "lost_by_seq": med([r.get("lost_by_seq") for r in ok]),
-                "cpu_us_per_record": med([r["cpu_us_per_record"] for r in ok]),
-                "cpu_ticks_us_per_record": med([1e6 * r["cpu_ticks_s"] / r["records"]
-                                                if r["records"] else None for r in ok]),
-                "sender_rate": med([r["sender_rate"] for r in ok]),
-                "records_per_datagram": med([r.get("records_per_datagram") for r in ok]),
-                "ready_s": med([r.get("ready_s") for r in ok]),
-            }
-        results["scenarios"][key] = {"title": sd["title"], "summary": summary, "runs": runs}
+        results["scenarios"][key]["summary"] = summarize(runs)
 
 
 def run_series(args, tmp: Path, results: dict) -> None:
@@ -859,6 +865,8 @@ def render(results: dict) -> str:
              f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['mem_gb']} GB, "
              f"kernel {m['kernel']}, "
              f"{m['os']}. Rounds: {results['rounds']} (interleaved), medians.", ""]
+    if results.get("interrupted"):
+        lines += ["**Interrupted: partial results.**", ""]
     if results["not_available"]:
         lines.append("Not available in this run: " + "; ".join(
             f"{k}: {v}" for k, v in results["not_available"].items()))
@@ -870,7 +878,8 @@ def render(results: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, s in sc["summary"].items():
             if not s["rounds"]:
-                lines.append(f"| {name} | failed: {s['errors'][:1]} |||||||")
+                why = f"failed: {s['errors'][0]}" if s["errors"] else "not run"
+                lines.append(f"| {name} | {why} ||||||||")
                 continue
             lines.append(
                 f"| {name} | {s['records']:,.0f} | {s['logged']:,.0f} | {fmt(s['loss_pct'], 3)} / "
@@ -990,6 +999,8 @@ def main() -> int:
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         results["interrupted"] = True
+        for sc in results["scenarios"].values():
+            sc.setdefault("summary", summarize(sc["runs"]))
         code = 130
     finally:
         for c in consumers:
