@@ -7,6 +7,7 @@ while every worker's heartbeat advances.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -106,6 +107,9 @@ class Daemon:
 
     # -- run ----------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        # systemd's watchdog kills with SIGABRT: print every thread's stack to stderr (the journal)
+        # first, so the operator sees where the stuck worker hangs; a crash in C alike.
+        faulthandler.enable(all_threads=True)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -215,6 +219,7 @@ class Daemon:
         w.stop()
         w.join(2.0)
         self._retired_overflow += w.aggregator.overflow[0]
+        w.aggregator.clear()  # give its keys back to the shared budget now, not at garbage collection
         log.info("group %d: removed", group)
 
     # -- stop ---------------------------------------------------------------------------------
