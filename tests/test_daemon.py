@@ -282,6 +282,30 @@ def _lo_p(k: int) -> dict[str, str]:
     return labels(10, f"p{k}", outdev="lo", uid="0")
 
 
+def test_removed_group_gives_its_series_back_to_max_series(make_netns, start_daemon) -> None:
+    ns = make_netns("budget")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
+           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group {10 + k // 2} '
+                       f'comment "p{k}"' for k in range(4)) + "\n }\n}\n")
+    d = start_daemon(ns, "max_series: 2\ngroups:\n  - {group: 10, timeout: 0.2}\n")
+    ns.send_udp("127.0.0.1", 6000, 3, 10)
+    ns.send_udp("127.0.0.1", 6001, 4, 10)
+    s, _ = wait_counted(d, ns, [10], ["p0", "p1"])
+    assert s.value("nflogd_series") == 2
+    d.write_config("max_series: 2\ngroups:\n  - {group: 11, timeout: 0.2}\n")
+    d.send(signal.SIGHUP)
+    d.wait_for(lambda s: bool(s.series("nflogd_group_bound", group="11")))
+    ns.send_udp("127.0.0.1", 6002, 5, 10)
+    ns.send_udp("127.0.0.1", 6003, 6, 10)
+    s, counters = wait_counted(d, ns, [11], ["p2", "p3"])
+    # Group 10's two label sets left with it: group 11's two fit, nothing overflows.
+    assert_series(s, counters, {f"p{k}": labels(11, f"p{k}", outdev="lo", uid="0")
+                                for k in (2, 3)})
+    assert s.series(PACKETS, prefix=OVER) == []
+    assert s.value("nflogd_series") == 2
+    assert s.value("nflogd_series_overflow_records_total") == 0
+
+
 # --- 5. interfaces renamed, deleted, re-created -----------------------------------------------
 
 def test_renamed_deleted_recreated_interface(make_netns, start_daemon) -> None:
