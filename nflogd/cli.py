@@ -1,4 +1,4 @@
-"""Command line: nflogd [--config FILE] [--check-config] [--version] [--log-level LEVEL]
+"""Command line: nflogd [--config FILE] [--check-config [FILE]] [--version] [--log-level LEVEL]
 [--web.config.file FILE].
 
 Exit codes: 0 clean stop or valid config; 1 runtime failure (no group could be bound, cannot
@@ -28,8 +28,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--config", metavar="FILE",
                    help=f"YAML configuration (default: {DEFAULT_CONFIG_PATH} if it exists, "
                         "else built-in defaults)")
-    p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration (and web config) and exit")
+    p.add_argument("--check-config", nargs="?", const=True, metavar="FILE",
+                   help="validate the configuration (FILE, else --config or the default) and its "
+                        "web config, then exit: 0 valid, 2 not")
     p.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                    help="exporter-toolkit web configuration: TLS, basic auth, headers "
                         "(overrides web_config_file in the config)")
@@ -53,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late: --help, --version and --check-config must work without the extension.
     from .webconfig import WebConfigError, load_web_config
 
+    if isinstance(args.check_config, str):
+        if args.config and args.config != args.check_config:
+            print("nflogd: --check-config FILE and --config FILE name different files",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        args.config = args.check_config
     try:
         config, path = load(args.config)
         web_path = args.web_config or config.web_config_file

@@ -123,9 +123,9 @@ class ReloadStatus:
         self.success_time = time.time()
 
     def record(self, ok: bool) -> None:
-        self.successful = ok
         if ok:
-            self.success_time = time.time()
+            self.success_time = time.time()  # before the flag: a scrape never pairs 1 with an old time
+        self.successful = ok
 
 
 class HealthCollector:
@@ -171,7 +171,8 @@ class HealthCollector:
             "nflogd_worker_restarts", "Worker restarts after a socket failure.", labels=g),
             lambda s: s.restarts)
         yield per_group(GaugeMetricFamily(
-            "nflogd_receive_buffer_bytes", "Current socket receive buffer of the group.", labels=g),
+            "nflogd_receive_buffer_bytes", "Socket receive buffer of the group as the kernel reports "
+            "it (twice the size asked for: the kernel's bookkeeping).", labels=g),
             lambda s: s.rcvbuf if s.bound else None)
         yield per_group(GaugeMetricFamily(
             "nflogd_last_message_timestamp_seconds", "Unix time of the last record received.",

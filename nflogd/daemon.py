@@ -21,7 +21,7 @@ from .httpserver import MetricsServer
 from .ifnames import InterfaceNames
 from .notify import Notifier
 from .webconfig import WebConfig, WebConfigError, load_web_config
-from .worker import GroupWorker
+from .worker import GroupWorker, reason
 
 log = logging.getLogger("nflogd")
 
@@ -72,8 +72,7 @@ class Daemon:
             try:
                 w.bind()
             except (nflog.NflogError, ValueError) as e:
-                errors.append(str(e))
-                log.error("group %d: %s (will retry)", gcfg.group, e)
+                errors.append(reason(e))
             self.workers[gcfg.group] = w
         return errors
 
@@ -92,6 +91,8 @@ class Daemon:
         if len(errors) == len(cfg.groups):
             self._stop_workers()
             raise StartupError("no NFLOG group could be bound: " + "; ".join(errors))
+        for error in errors:
+            log.error("%s; retrying in the background", error)
         self.server = self._make_server(cfg, web)
         try:
             self.server.start()
@@ -199,7 +200,7 @@ class Daemon:
             try:
                 w.bind()
             except (nflog.NflogError, ValueError) as e:
-                log.error("group %d: %s (will retry)", group, e)
+                log.error("%s; retrying in the background", reason(e))
             self.workers[group] = w
             w.start()
         self.config = new

@@ -25,6 +25,11 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 
 
+def reason(e: Exception) -> str:
+    """An error's message without OSError's "[Errno N]" prefix (the text already says why)."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
 @dataclass(frozen=True)
 class WorkerStats:
     """What the collector and the watchdog read about a worker, copied at one instant."""
@@ -152,8 +157,8 @@ class GroupWorker(threading.Thread):
                     backoff = BACKOFF_FIRST
                     log.info("group %d: bound", self.cfg.group)
                 except (nflog.NflogError, ValueError) as e:
-                    self._error = str(e)
-                    log.error("group %d: %s; retrying in %.0f s", self.cfg.group, e, backoff)
+                    self._error = reason(e)
+                    log.error("%s; retrying in %.0f s", self._error, backoff)
                     self._stop_event.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
@@ -163,9 +168,9 @@ class GroupWorker(threading.Thread):
                 continue  # stop(), or reconfigure(): the loop decides
             except nflog.NflogError as e:
                 self._restarts += 1
-                self._error = str(e)
-                log.error("group %d: socket failed: %s; restarting in %.0f s", self.cfg.group, e,
-                          backoff)
+                self._error = reason(e)
+                log.error("group %d: socket failed: %s; restarting in %.0f s", self.cfg.group,
+                          self._error, backoff)
                 self._retire_handle()
                 self._stop_event.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
