@@ -41,7 +41,10 @@ static size_t recv_buffer_size(uint32_t nlbuf)
 /* One message binds the group and sets everything, so no half-configured state is ever visible. */
 static int send_config(struct nflog_sock *s, const struct nflog_config *cfg)
 {
-	char msg[MNL_SOCKET_BUFFER_SIZE];
+	/* Zeroed: libmnl 1.0.4 (Debian 12) leaves attribute padding as it finds it, so stack bytes
+	 * would go to the kernel (valgrind: "sendto(msg) points to uninitialised byte(s)"). */
+	_Alignas(4) char msg[512];  /* the message is < 100 bytes */
+	memset(msg, 0, sizeof(msg));
 	struct nlmsghdr *nlh = nflog_nlmsg_put_header(msg, NFULNL_MSG_CONFIG, AF_UNSPEC, cfg->group);
 	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
 
