@@ -213,6 +213,12 @@ class Nflog:
         holds (up to 256 datagrams) and fold every record into aggregator, all in C without the GIL.
         Returns the number of records folded (0 on timeout). Sequence gaps, truncated datagrams, decode
         errors and ENOBUFS are counted on the handle as in next()."""
+    def configure(self, /, *, timeout: Optional[float] = None, qthresh: Optional[int] = None,
+                  nlbuf: Optional[int] = None, copymode: Optional[int] = None,
+                  copyrange: Optional[int] = None) -> None:
+        """Change the group's batching and copy settings in place (None keeps a value). The group stays
+        bound, so nothing the kernel is batching is lost and sequence numbers continue. Ranges as in
+        open(); the receive buffer is the rcvbuf attribute."""
     def close(self, /) -> None:
         """Unbind the group and close the socket; wakes a thread blocked in next() or aggregate(), which then
         raises NflogClosedError. Queued records are discarded. Closing twice is harmless."""

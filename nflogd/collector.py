@@ -87,9 +87,12 @@ class RecordCounters:
             self._cache_tag = tag
         cache = self._cache
         totals: dict[str, list[int]] = {}
+        wanted = fields_for(cfg.labels)
         for w in workers:
             agg, gcfg = w.aggregator, w.cfg
             fields = agg.fields
+            if fields != wanted:
+                continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
             for key, packets, nbytes in agg.snapshot():
                 ck = (gcfg.group, key)
                 labels = cache.get(ck)

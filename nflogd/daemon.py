@@ -62,7 +62,7 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, gcfg, cfg: Config) -> GroupWorker:
-        return GroupWorker(gcfg, fields_for(cfg.labels), self.budget, cfg.max_series)
+        return GroupWorker(gcfg, fields_for(cfg.labels), self.budget)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
@@ -187,14 +187,15 @@ class Daemon:
         if same_endpoint and self.server is not None:
             self.server.reload(web)  # raises WebConfigError before anything else changed
         self.budget.limit = new.max_series
-        relabel = fields_for(new.labels) != fields_for(old.labels)
+        fields = fields_for(new.labels)
         wanted = {g.group: g for g in new.groups}
-        for group in [g for g in self.workers if g not in wanted or relabel]:
+        for group in [g for g in self.workers if g not in wanted]:
             self._retire_worker(group)
         for group, gcfg in wanted.items():
             w = self.workers.get(group)
             if w is not None:
-                w.reconfigure(gcfg)
+                w.reconfigure(gcfg)  # in place: the group stays bound, nothing is lost
+                w.relabel(fields)
                 continue
             w = self._new_worker(gcfg, new)
             try:

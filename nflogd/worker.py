@@ -23,6 +23,8 @@ log = logging.getLogger("nflogd.worker")
 WAIT_SECONDS = 0.5
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+# The shared SeriesBudget (max_series over all groups) is the limit, not a per-group one.
+NO_KEY_LIMIT = 2**32 - 2
 
 
 def reason(e: Exception) -> str:
@@ -65,11 +67,12 @@ class _Totals:
 class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
-    def __init__(self, cfg: GroupConfig, fields: tuple[str, ...], budget: nflog.SeriesBudget,
-                 max_keys: int) -> None:
+    def __init__(self, cfg: GroupConfig, fields: tuple[str, ...],
+                 budget: nflog.SeriesBudget) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
-        self.aggregator = nflog.Aggregator(fields, max_keys=max_keys, budget=budget)
+        self._budget = budget
+        self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget)
         self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
         self._handle: nflog.Nflog | None = None
         self._totals = _Totals()
@@ -77,6 +80,7 @@ class GroupWorker(threading.Thread):
         self._restarts = 0
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
+        self._next_fields: tuple[str, ...] | None = None
         self._heartbeat = time.monotonic()
         # For testing the watchdog only: this group's worker stops beating once running.
         self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
@@ -88,17 +92,29 @@ class GroupWorker(threading.Thread):
             self._handle = self._open()
 
     def reconfigure(self, cfg: GroupConfig) -> None:
-        """Apply new socket settings: the socket is re-bound, the counters stay."""
+        """Apply new group settings to the bound socket in place: the group stays bound, so
+        nothing the kernel is batching is lost, and the counters keep counting."""
         with self._lock:
-            socket_changed = (cfg.qthresh, cfg.timeout, cfg.nlbuf, cfg.copy_range, cfg.rcvbuf,
-                              cfg.rcvbuf_max) != (self.cfg.qthresh, self.cfg.timeout, self.cfg.nlbuf,
-                                                  self.cfg.copy_range, self.cfg.rcvbuf,
-                                                  self.cfg.rcvbuf_max)
-            self.cfg = cfg
-            if socket_changed:
-                self._rcvbuf_target = cfg.rcvbuf
-                if self._handle is not None:
-                    self._handle.close()  # wakes aggregate(); the loop re-binds
+            old, self.cfg = self.cfg, cfg
+            h = self._handle
+            if h is None or h.closed:
+                return  # the next bind uses the new settings
+            try:
+                if (cfg.qthresh, cfg.timeout, cfg.nlbuf, cfg.copy_range) != (
+                        old.qthresh, old.timeout, old.nlbuf, old.copy_range):
+                    h.configure(timeout=cfg.timeout, qthresh=cfg.qthresh, nlbuf=cfg.nlbuf,
+                                copyrange=cfg.copy_range)
+                if (cfg.rcvbuf, cfg.rcvbuf_max) != (old.rcvbuf, old.rcvbuf_max):
+                    self._rcvbuf_target = min(max(cfg.rcvbuf, self._rcvbuf_target), cfg.rcvbuf_max)
+                    h.rcvbuf = self._rcvbuf_target
+            except nflog.NflogError as e:
+                log.error("group %d: cannot apply the new settings in place (%s); re-binding",
+                          cfg.group, reason(e))
+                h.close()  # wakes aggregate(); the loop binds again with the new settings
+
+    def relabel(self, fields: tuple[str, ...]) -> None:
+        """Count by other fields from now on; the worker swaps its Aggregator between two reads."""
+        self._next_fields = fields
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -143,10 +159,20 @@ class GroupWorker(threading.Thread):
                 self._totals.absorb(self._handle)
                 self._handle = None
 
+    def _swap_aggregator(self) -> None:
+        """Called by the worker thread only, between two aggregate() calls, so no record is
+        folded into an aggregator that is already gone."""
+        fields, self._next_fields = self._next_fields, None
+        if fields is not None and fields != self.aggregator.fields:
+            old = self.aggregator
+            old.clear()  # its keys go back to the shared budget first
+            self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=self._budget)
+
     def run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
+            self._swap_aggregator()
             h = self._handle
             if h is None or h.closed:
                 if h is not None:
@@ -184,6 +210,7 @@ class GroupWorker(threading.Thread):
                 return
             h.aggregate(self.aggregator, timeout=WAIT_SECONDS)
             self._heartbeat = time.monotonic()
+            self._swap_aggregator()
             if h.lost != lost_seen:
                 lost_seen = h.lost
                 self._grow_rcvbuf(h)

@@ -63,6 +63,12 @@ def bound_groups(ns: Netns) -> set[int]:
     return {int(line.split()[0]) for line in text.splitlines() if line.strip()}
 
 
+def bound_portids(ns: Netns) -> dict[int, int]:
+    """NFLOG group -> netlink portid of the socket that holds it: a re-bind changes the portid."""
+    text = ns.run("cat", "/proc/net/netfilter/nfnetlink_log").stdout.decode()
+    return {int(f[0]): int(f[1]) for f in (line.split() for line in text.splitlines()) if f}
+
+
 # --- 1. two groups, two uids, two interfaces --------------------------------------------------
 
 def test_two_groups_two_uids_two_interfaces_match_nft_counters(make_netns, start_daemon) -> None:
@@ -172,13 +178,6 @@ def test_sighup_adds_and_removes_groups_and_keeps_counting(make_netns, start_dae
     assert bound_groups(ns) == {10, 12}  # 11 really unbound
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (C extension): a reload that changes a group's socket settings closes the socket and "
-    "binds a new one; the records the kernel still batches for the old instance (up to `timeout` "
-    "seconds of them) are lost, and nflogd_messages_lost_total does not show it. Fix: reconfigure "
-    "the bound instance in place (NFULNL_MSG_CONFIG with the new timeout/qthresh/nlbuf/copy "
-    "range), or send UNBIND (the kernel then flushes the batch) and drain before close(). "
-    "Remove this marker once fixed."))
 def test_reload_changing_socket_settings_loses_no_records(make_netns, start_daemon) -> None:
     ns = make_netns("rebind")
     _lo_rules(ns, (10,))
@@ -201,6 +200,29 @@ def test_reload_changing_socket_settings_loses_no_records(make_netns, start_daem
     assert counted == counters["g10"][0], (
         f"nft logged {counters['g10'][0]} records, nflogd counted {counted}; "
         f"nflogd_messages_lost_total says {lost}")
+
+
+def test_reload_changing_labels_keeps_the_group_bound(make_netns, start_daemon) -> None:
+    """New labels change the series, but the group is not re-bound: records the kernel was still
+    batching at the reload are counted under the new labels, none lost."""
+    ns = make_netns("relabel")
+    _lo_rules(ns, (10,))
+    d = start_daemon(ns, "groups:\n  - group: 10\n    timeout: 0.2\n")
+    ns.send_udp("127.0.0.1", 5010, 3, 10)
+    wait_counted(d, ns, [10], ["g10"])
+    portid_before = bound_portids(ns)
+    d.write_config("labels: [group, proto]\ngroups:\n  - group: 10\n    timeout: 5.0\n")
+    d.send(signal.SIGHUP)
+    d.wait_for(lambda s: s.series(PACKETS) == [] or "proto" in s.series(PACKETS)[0][0])
+    ns.send_udp("127.0.0.1", 5010, 4, 10)  # held by the kernel for up to 5 s ...
+    d.write_config("labels: [group, proto]\ngroups:\n  - group: 10\n    timeout: 0.2\n")
+    d.send(signal.SIGHUP)  # ... and not lost when the timeout changes again
+    s = d.wait_for(lambda s: s.total(PACKETS, group="10") >= 4)
+    time.sleep(0.5)
+    s = d.scrape()
+    assert bound_portids(ns) == portid_before, "the group was re-bound"
+    assert s.series(PACKETS, group="10") == [({"group": "10", "proto": "udp"}, 4)]
+    assert s.value("nflogd_messages_lost_total", group="10") == 0
 
 
 # --- 3. a bad config on reload ----------------------------------------------------------------

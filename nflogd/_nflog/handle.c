@@ -29,6 +29,7 @@ typedef struct {
 	uint32_t *offsets;       /* per-datagram record offsets, for building NflogData */
 	size_t noffsets;
 	struct ifresolver *ifr;  /* names interfaces in the group's namespace; shared with records */
+	struct nflog_config cfg; /* as bound, updated by configure() */
 } HandleObject;
 
 static PyObject *closed_error(void)
@@ -59,24 +60,11 @@ static PyObject *raise_open_error(int r, const struct nflog_config *cfg)
 	return set_error(r, "cannot bind NFLOG group %u: %s", cfg->group, strerror(-r));
 }
 
-static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
+/* Check every value (the kernel acknowledges out-of-range values and ignores them: refuse them
+ * here instead) and fill cfg. Returns -1 with ValueError naming the allowed range. */
+static int make_config(struct nflog_config *cfg, long group, double timeout, long qthresh,
+		       long rcvbuf, long nlbuf, int enobufs, int copymode, long copyrange, int seq)
 {
-	static char *kwlist[] = {"group", "timeout", "qthresh", "rcvbuf", "nlbuf", "enobufs",
-				 "copymode", "copyrange", "seq", NULL};
-	long group, qthresh = 1, rcvbuf = 0, nlbuf = 0, copyrange = 0;
-	int enobufs = ENOBUFS_RAISE, copymode = NFULNL_COPY_PACKET, seq = 0, r;
-	double timeout = 0.0;
-	struct nflog_config cfg;
-
-	if (self->offsets) {  /* set once a bind succeeded; a failed __init__ may be retried */
-		PyErr_SetString(PyExc_RuntimeError, "Nflog.__init__ was already called: open a new handle");
-		return -1;
-	}
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "l|$dllliilp:open", kwlist, &group, &timeout,
-					 &qthresh, &rcvbuf, &nlbuf, &enobufs, &copymode, &copyrange,
-					 &seq))
-		return -1;
-	/* The kernel acknowledges out-of-range values and ignores them: refuse them here instead. */
 	if (group < 0 || group > 65535)
 		return PyErr_Format(PyExc_ValueError, "group %ld is out of range 0..65535", group), -1;
 	if (!(timeout >= 0.0 && timeout <= 42949672.95))
@@ -97,14 +85,36 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	if (enobufs != ENOBUFS_RAISE && enobufs != ENOBUFS_HANDLE && enobufs != ENOBUFS_DISABLE)
 		return PyErr_Format(PyExc_ValueError, "enobufs %d is not one of ENOBUFS_RAISE, ENOBUFS_HANDLE, "
 				    "ENOBUFS_DISABLE", enobufs), -1;
-
-	cfg = (struct nflog_config){
+	*cfg = (struct nflog_config){
 		.group = (uint16_t)group, .copymode = (uint8_t)copymode,
 		.copyrange = (uint32_t)(copyrange ? copyrange : NFLOG_COPY_RANGE_MAX),
 		.nlbuf = (uint32_t)nlbuf, .qthresh = (uint32_t)qthresh,
 		.timeout = (uint32_t)lround(timeout * 100.0), .rcvbuf = (int)rcvbuf,
 		.enobufs = enobufs, .seq = seq,
 	};
+	return 0;
+}
+
+static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"group", "timeout", "qthresh", "rcvbuf", "nlbuf", "enobufs",
+				 "copymode", "copyrange", "seq", NULL};
+	long group, qthresh = 1, rcvbuf = 0, nlbuf = 0, copyrange = 0;
+	int enobufs = ENOBUFS_RAISE, copymode = NFULNL_COPY_PACKET, seq = 0, r;
+	double timeout = 0.0;
+	struct nflog_config cfg;
+
+	if (self->offsets) {  /* set once a bind succeeded; a failed __init__ may be retried */
+		PyErr_SetString(PyExc_RuntimeError, "Nflog.__init__ was already called: open a new handle");
+		return -1;
+	}
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "l|$dllliilp:open", kwlist, &group, &timeout,
+					 &qthresh, &rcvbuf, &nlbuf, &enobufs, &copymode, &copyrange,
+					 &seq))
+		return -1;
+	if (make_config(&cfg, group, timeout, qthresh, rcvbuf, nlbuf, enobufs, copymode, copyrange,
+			seq) < 0)
+		return -1;
 	Py_BEGIN_ALLOW_THREADS
 	r = nflog_sock_open(&self->sock, &cfg);
 	Py_END_ALLOW_THREADS
@@ -129,6 +139,7 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	pthread_mutex_init(&self->io_lock, NULL);
 	self->group = (uint16_t)group;
 	self->enobufs = enobufs;
+	self->cfg = cfg;
 	self->closed = 0;
 	return 0;
 }
@@ -440,6 +451,48 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	return PyLong_FromSize_t(folded);
 }
 
+PyDoc_STRVAR(configure_doc,
+"configure($self, /, *, timeout=None, qthresh=None, nlbuf=None, copymode=None, copyrange=None)\n--\n\n"
+"Change the group's batching and copy settings in place (None keeps a value). The group stays\n"
+"bound, so nothing the kernel is batching is lost and sequence numbers continue. Ranges as in\n"
+"open(); the receive buffer is the rcvbuf attribute.");
+
+static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"timeout", "qthresh", "nlbuf", "copymode", "copyrange", NULL};
+	PyObject *timeout_o = Py_None, *qthresh_o = Py_None, *nlbuf_o = Py_None, *mode_o = Py_None,
+		 *range_o = Py_None;
+	const struct nflog_config *cur = &self->cfg;
+	double timeout = cur->timeout / 100.0;
+	long qthresh = cur->qthresh, nlbuf = cur->nlbuf, copymode = cur->copymode,
+	     copyrange = cur->copyrange;
+	struct nflog_config cfg;
+	int r;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOOO:configure", kwlist, &timeout_o, &qthresh_o,
+					 &nlbuf_o, &mode_o, &range_o))
+		return NULL;
+	if ((timeout_o != Py_None && (timeout = PyFloat_AsDouble(timeout_o)) == -1.0 && PyErr_Occurred()) ||
+	    (qthresh_o != Py_None && (qthresh = PyLong_AsLong(qthresh_o)) == -1 && PyErr_Occurred()) ||
+	    (nlbuf_o != Py_None && (nlbuf = PyLong_AsLong(nlbuf_o)) == -1 && PyErr_Occurred()) ||
+	    (mode_o != Py_None && (copymode = PyLong_AsLong(mode_o)) == -1 && PyErr_Occurred()) ||
+	    (range_o != Py_None && (copyrange = PyLong_AsLong(range_o)) == -1 && PyErr_Occurred()))
+		return NULL;
+	if (copymode < INT_MIN || copymode > INT_MAX)
+		copymode = -1;  /* out of range: make_config names the valid modes */
+	if (make_config(&cfg, cur->group, timeout, qthresh, cur->rcvbuf, nlbuf, cur->enobufs,
+			(int)copymode, copyrange, cur->seq) < 0)
+		return NULL;
+	if (self->closed)
+		return closed_error();
+	/* Under the GIL: close() flags the handle under the GIL before it closes the fd. */
+	r = nflog_sock_configure(&self->sock, &cfg);
+	if (r < 0)
+		return set_error(r, "cannot configure NFLOG group %u", self->group);
+	self->cfg = cfg;
+	Py_RETURN_NONE;
+}
+
 /* ---- the rest of the handle ---------------------------------------------------------------- */
 
 PyDoc_STRVAR(close_doc,
@@ -613,6 +666,8 @@ static PyMethodDef handle_methods[] = {
 	{"loop", (PyCFunction)(void (*)(void))handle_loop, METH_VARARGS | METH_KEYWORDS, loop_doc},
 	{"aggregate", (PyCFunction)(void (*)(void))handle_aggregate, METH_VARARGS | METH_KEYWORDS,
 	 aggregate_doc},
+	{"configure", (PyCFunction)(void (*)(void))handle_configure, METH_VARARGS | METH_KEYWORDS,
+	 configure_doc},
 	{"close", (PyCFunction)handle_close, METH_NOARGS, close_doc},
 	{"getfd", (PyCFunction)handle_getfd, METH_NOARGS, getfd_doc},
 	{"fileno", (PyCFunction)handle_fileno, METH_NOARGS, fileno_doc},

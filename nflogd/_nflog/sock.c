@@ -38,8 +38,9 @@ static size_t recv_buffer_size(uint32_t nlbuf)
 	return size;
 }
 
-/* One message binds the group and sets everything, so no half-configured state is ever visible. */
-static int send_config(struct nflog_sock *s, const struct nflog_config *cfg)
+/* One message binds the group and sets everything, so no half-configured state is ever visible.
+ * Without bind it re-configures the instance this socket holds, keeping its queued batch. */
+static int send_config(struct nflog_sock *s, const struct nflog_config *cfg, bool bind)
 {
 	/* Zeroed: libmnl 1.0.4 (Debian 12) leaves attribute padding as it finds it, so stack bytes
 	 * would go to the kernel (valgrind: "sendto(msg) points to uninitialised byte(s)"). */
@@ -48,9 +49,11 @@ static int send_config(struct nflog_sock *s, const struct nflog_config *cfg)
 	struct nlmsghdr *nlh = nflog_nlmsg_put_header(msg, NFULNL_MSG_CONFIG, AF_UNSPEC, cfg->group);
 	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
 
-	nlh->nlmsg_flags |= NLM_F_ACK;
-	nlh->nlmsg_seq = CONFIG_SEQ;
-	nflog_attr_put_cfg_cmd(nlh, NFULNL_CFG_CMD_BIND);
+	if (bind) {
+		nlh->nlmsg_flags |= NLM_F_ACK;
+		nlh->nlmsg_seq = CONFIG_SEQ;
+		nflog_attr_put_cfg_cmd(nlh, NFULNL_CFG_CMD_BIND);
+	}
 	nflog_attr_put_cfg_mode(nlh, cfg->copymode, cfg->copyrange);
 	if (cfg->nlbuf)
 		mnl_attr_put_u32(nlh, NFULA_CFG_NLBUFSIZ, htonl(cfg->nlbuf));
@@ -106,7 +109,8 @@ int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg)
 	s->fd = s->wakefd = -1;
 	s->group = cfg->group;
 	s->seq = cfg->seq;
-	s->bufsize = recv_buffer_size(cfg->nlbuf);
+	/* Sized for the largest nlbuf, whatever this one is: configure() may raise it later. */
+	s->bufsize = recv_buffer_size(NFLOG_NLBUF_MAX);
 	s->buf = malloc(s->bufsize);
 	if (!s->buf)
 		return -ENOMEM;
@@ -121,7 +125,7 @@ int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg)
 		goto fail_errno;
 	if (cfg->rcvbuf > 0 && (r = nflog_sock_set_rcvbuf(s, cfg->rcvbuf)) < 0)
 		goto fail;
-	if ((r = send_config(s, cfg)) < 0 || (r = wait_ack(s)) < 0)
+	if ((r = send_config(s, cfg, true)) < 0 || (r = wait_ack(s)) < 0)
 		goto fail;
 	return 0;
 
@@ -130,6 +134,13 @@ fail_errno:
 fail:
 	nflog_sock_close(s);
 	return r;
+}
+
+int nflog_sock_configure(struct nflog_sock *s, const struct nflog_config *cfg)
+{
+	/* No ACK asked: the kernel applies the message before sendto returns, and an ACK could not be
+	 * told apart from log data without holding up the reader. The values were validated already. */
+	return send_config(s, cfg, false);
 }
 
 void nflog_sock_close(struct nflog_sock *s)

@@ -46,6 +46,8 @@ struct nflog_sock {
 uint32_t nflog_nlbuf_min(void);
 
 int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg);
+/* Apply new mode, nlbuf, timeout and qthresh to the bound group (cfg->group must be the same). */
+int nflog_sock_configure(struct nflog_sock *s, const struct nflog_config *cfg);
 void nflog_sock_close(struct nflog_sock *s);
 
 /* Wait up to timeout_ms (-1 = forever) for data. 1 readable, 0 timed out, -ECANCELED when woken by
