@@ -30,6 +30,7 @@ NLBUF_MIN: int
 NLBUF_MAX: int
 """The largest nlbuf the kernel honours (131072)."""
 PREFIX_MAX: int
+LIBNETFILTER_LOG_VERSION: str  # the libnetfilter_log version built against
 """The longest log prefix, without its NUL (127)."""
 FIELDS: Tuple[str, ...]
 """The record fields an Aggregator can key on, in their canonical order."""

@@ -19,7 +19,7 @@ from . import __version__
 from .config import Config, GroupConfig, classify
 from .httpserver import ServerStats
 from .ifnames import InterfaceNames
-from .nflog import FAMILY_NAMES, HOOK_NAMES, PROTO_NAMES
+from .nflog import FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES
 from .worker import GroupWorker, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -200,8 +200,8 @@ class HealthCollector:
                                 value=self._reload.success_time)
         yield from self._http(self._server_stats())
         info = GaugeMetricFamily("nflogd_build_info", "nflogd build information; always 1.",
-                                 labels=["version", "python_version"])
-        info.add_metric([__version__, platform.python_version()], 1)
+                                 labels=["version", "python_version", "libnetfilter_log"])
+        info.add_metric([__version__, platform.python_version(), LIBNETFILTER_LOG_VERSION], 1)
         yield info
 
 

@@ -26,6 +26,7 @@ from ._nflog import (
     ENOBUFS_HANDLE,
     ENOBUFS_RAISE,
     FIELDS,
+    LIBNETFILTER_LOG_VERSION,
     NLBUF_MAX,
     NLBUF_MIN,
     PREFIX_MAX,
@@ -43,7 +44,7 @@ __all__ = [
     "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "FIELDS",
     "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError",
     "ENOBUFS_RAISE", "ENOBUFS_HANDLE", "ENOBUFS_DISABLE", "COPY_NONE", "COPY_META", "COPY_PACKET",
-    "COPY_RANGE_MAX", "NLBUF_MIN", "NLBUF_MAX", "PREFIX_MAX",
+    "COPY_RANGE_MAX", "NLBUF_MIN", "NLBUF_MAX", "PREFIX_MAX", "LIBNETFILTER_LOG_VERSION",
     "FAMILY_NAMES", "HOOK_NAMES", "PROTO_NAMES",
 ]
 

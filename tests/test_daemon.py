@@ -125,6 +125,10 @@ def test_two_groups_two_uids_two_interfaces_match_nft_counters(make_netns, start
     promtool_check(s.text)
     # Conventions: no _created series, no `up`; the landing page answers.
     assert not [k for k in s.samples if k[0].endswith("_created") or k[0] == "up"]
+    built_against = subprocess.run(["pkg-config", "--modversion", "libnetfilter_log"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    (info_labels, info_value), = s.series("nflogd_build_info")
+    assert info_value == 1 and info_labels["libnetfilter_log"] == built_against
     status, _, body = d.get("/")
     assert status == 200 and "/metrics" in body
 

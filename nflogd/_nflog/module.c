@@ -9,6 +9,10 @@
 
 #include "sock.h"
 
+#ifndef LIBNETFILTER_LOG_VERSION
+#define LIBNETFILTER_LOG_VERSION "unknown"
+#endif
+
 PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError;
 
 PyObject *set_error(int negerr, const char *fmt, ...)
@@ -95,7 +99,8 @@ PyMODINIT_FUNC PyInit__nflog(void)
 	    PyModule_AddIntConstant(m, "COPY_RANGE_MAX", NFLOG_COPY_RANGE_MAX) < 0 ||
 	    PyModule_AddIntConstant(m, "NLBUF_MIN", nflog_nlbuf_min()) < 0 ||
 	    PyModule_AddIntConstant(m, "NLBUF_MAX", NFLOG_NLBUF_MAX) < 0 ||
-	    PyModule_AddIntConstant(m, "PREFIX_MAX", NFLOG_PREFIX_MAX) < 0)
+	    PyModule_AddIntConstant(m, "PREFIX_MAX", NFLOG_PREFIX_MAX) < 0 ||
+	    PyModule_AddStringConstant(m, "LIBNETFILTER_LOG_VERSION", LIBNETFILTER_LOG_VERSION) < 0)
 		goto fail;
 
 	fields = PyTuple_New(F_NFIELDS);
