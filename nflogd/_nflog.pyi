@@ -219,7 +219,9 @@ class Nflog:
                   copyrange: Optional[int] = None) -> None:
         """Change the group's batching and copy settings in place (None keeps a value). The group stays
         bound, so nothing the kernel is batching is lost and sequence numbers continue. Ranges as in
-        open(); the receive buffer is the rcvbuf attribute."""
+        open(); the receive buffer is the rcvbuf attribute. The kernel applies the settings before this
+        returns; should it refuse them (EPERM once CAP_NET_ADMIN is dropped), the refusal arrives with
+        the data and the next read (next, queue, aggregate, ...) raises NflogError."""
     def close(self, /) -> None:
         """Unbind the group and close the socket; wakes a thread blocked in next() or aggregate(), which then
         raises NflogClosedError. Queued records are discarded. Closing twice is harmless."""

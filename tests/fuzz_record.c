@@ -471,6 +471,33 @@ static void test_walker(void)
 		      (unsigned long long)s.lost, (unsigned long long)steps[i].lost_after);
 	}
 	CHECK(s.received == sizeof(steps) / sizeof(steps[0]), "received");
+
+	/* Error messages in the stream: only a whole one answering a reconfiguration (seq 2) with a
+	 * negative errno is kept, the first one; cut ones are never read past. */
+	static const struct {
+		uint32_t seq;
+		int error;
+		size_t len;
+		int want;
+	} errs[] = {
+		{2, -1, NLMSG_LENGTH(sizeof(struct nlmsgerr)), -1},
+		{2, -13, NLMSG_LENGTH(sizeof(struct nlmsgerr)), -1},  /* the first one stays */
+		{1, -5, NLMSG_LENGTH(sizeof(struct nlmsgerr)), 0},    /* the bind's: not ours here */
+		{2, 0, NLMSG_LENGTH(sizeof(struct nlmsgerr)), 0},     /* an ACK is no refusal */
+		{2, -1, NLMSG_LENGTH(4), 0},                         /* too short to hold one */
+	};
+	for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
+		if (i != 1)
+			memset(&s, 0, sizeof(s));
+		struct nlmsghdr *e = (struct nlmsghdr *)dg;
+		memset(dg, 0, sizeof(dg));
+		e->nlmsg_type = NLMSG_ERROR;
+		e->nlmsg_seq = errs[i].seq;
+		e->nlmsg_len = (uint32_t)errs[i].len;
+		((struct nlmsgerr *)NLMSG_DATA(e))->error = errs[i].error;
+		CHECK(walk_exact(&s, dg, errs[i].len, &w) == 0, "an error message is no record");
+		CHECK(s.config_error == errs[i].want, "case %zu: config_error %d", i, s.config_error);
+	}
 }
 
 /* ---- random mutation ---------------------------------------------------------------------------- */

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from netns import Netns
+from netns import VENV_PYTHON, Netns
 from nflog_support import (aggregate_until, assert_quiet, hang_guard, open_in, read_n,
                            require_root, rule_counts)
 from nflogd import nflog
@@ -155,3 +155,35 @@ def test_configure_refuses_what_open_refuses(kwargs: dict, message: str) -> None
             h.configure()  # nothing to change: fine
         with pytest.raises(nflog.NflogClosedError):
             h.configure(qthresh=5)
+
+
+REFUSED = r"""
+import os, sys
+from nflogd import nflog
+h = nflog.open(1, seq=True)
+agg = nflog.Aggregator(["prefix"])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)  # CAP_NET_ADMIN is gone: the kernel refuses configuration
+h.configure(qthresh=5)  # sent; the kernel's answer comes back with the data
+try:
+    if sys.argv[1] == "next":
+        print("no error:", h.next(wait=False))
+    else:
+        print("no error:", h.aggregate(agg, timeout=1.0))
+except nflog.NflogError as e:
+    print(e.errno, e)
+assert h.next(wait=False) is None  # reported once; the handle goes on
+print("reading on")
+"""
+
+
+@pytest.mark.parametrize("how", ["next", "aggregate"])
+def test_a_refused_configure_is_reported_by_the_next_read(how: str) -> None:
+    with Netns("cfgf") as ns:
+        proc = ns.run(VENV_PYTHON, "-c", REFUSED, how, check=False, timeout=60)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = out.splitlines()
+    assert lines[0].startswith("1 ") and "refused the settings given to configure()" in lines[0] \
+        and "not in effect" in lines[0], out
+    assert lines[1] == "reading on"

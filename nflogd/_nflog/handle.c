@@ -37,6 +37,13 @@ static PyObject *closed_error(void)
 	return set_error(-ECANCELED, "the NFLOG handle is closed");
 }
 
+/* The kernel refused what configure() sent (found in the data stream by a later read). */
+static PyObject *raise_refused(HandleObject *self, int r)
+{
+	return set_error(r, "NFLOG group %u refused the settings given to configure() (%s): they are "
+			 "not in effect", self->group, strerror(-r));
+}
+
 /* A failed receive: ENOBUFS (enobufs=ENOBUFS_RAISE) says what was lost and what helps. */
 static PyObject *raise_recv_error(HandleObject *self, int r)
 {
@@ -260,7 +267,11 @@ static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
 		}
 		Py_DECREF(d);
 	}
+	int refused = self->sock.config_error;
+	self->sock.config_error = 0;
 	pthread_mutex_unlock(&self->io_lock);
+	if (refused)  /* the records read with it stay queued for the next call */
+		return raise_refused(self, refused), -1;
 	if (r == -EINTR && PyErr_CheckSignals() < 0)
 		return -1;
 	return (Py_ssize_t)ctx.n;
@@ -399,7 +410,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 {
 	static char *kwlist[] = {"aggregator", "timeout", NULL};
 	PyObject *agg, *timeout_obj = Py_None;
-	int timeout_ms = -1, r = 0;
+	int timeout_ms = -1, r = 0, refused = 0;
 	ssize_t len = 0;
 	size_t folded = 0;
 
@@ -436,6 +447,8 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		folded += nflog_sock_dispatch(&self->sock, (size_t)len, fold_record, t);
 		pthread_mutex_unlock(&t->lock);
 	}
+	refused = self->sock.config_error;
+	self->sock.config_error = 0;
 	pthread_mutex_unlock(&self->io_lock);
 	Py_END_ALLOW_THREADS
 	Py_DECREF(agg);
@@ -446,6 +459,8 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		return set_error(r, "waiting on NFLOG group %u failed", self->group);
 	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
 		return raise_recv_error(self, (int)len);
+	if (refused)  /* what was folded stays folded */
+		return raise_refused(self, refused);
 	if (r == -EINTR && PyErr_CheckSignals() < 0)
 		return NULL;
 	return PyLong_FromSize_t(folded);
@@ -455,7 +470,9 @@ PyDoc_STRVAR(configure_doc,
 "configure($self, /, *, timeout=None, qthresh=None, nlbuf=None, copymode=None, copyrange=None)\n--\n\n"
 "Change the group's batching and copy settings in place (None keeps a value). The group stays\n"
 "bound, so nothing the kernel is batching is lost and sequence numbers continue. Ranges as in\n"
-"open(); the receive buffer is the rcvbuf attribute.");
+"open(); the receive buffer is the rcvbuf attribute. The kernel applies the settings before this\n"
+"returns; should it refuse them (EPERM once CAP_NET_ADMIN is dropped), the refusal arrives with\n"
+"the data and the next read (next, queue, aggregate, ...) raises NflogError.");
 
 static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *kw)
 {

@@ -19,7 +19,8 @@
 #include <libmnl/libmnl.h>
 #include <libnetfilter_log/libnetfilter_log.h>
 
-#define CONFIG_SEQ 1
+#define CONFIG_SEQ 1    /* the bind, acknowledged */
+#define RECONFIG_SEQ 2  /* nflog_sock_configure: answered only when refused */
 #define ACK_TIMEOUT_MS 5000
 
 uint32_t nflog_nlbuf_min(void)
@@ -53,6 +54,8 @@ static int send_config(struct nflog_sock *s, const struct nflog_config *cfg, boo
 		nlh->nlmsg_flags |= NLM_F_ACK;
 		nlh->nlmsg_seq = CONFIG_SEQ;
 		nflog_attr_put_cfg_cmd(nlh, NFULNL_CFG_CMD_BIND);
+	} else {
+		nlh->nlmsg_seq = RECONFIG_SEQ;  /* so dispatch knows a refusal when it meets one */
 	}
 	nflog_attr_put_cfg_mode(nlh, cfg->copymode, cfg->copyrange);
 	if (cfg->nlbuf)
@@ -224,8 +227,16 @@ size_t nflog_sock_dispatch(struct nflog_sock *s, size_t len, nflog_visit_fn fn, 
 			s->decode_errors++;  /* a header that overruns the datagram: nothing after it is safe */
 			break;
 		}
+		if (nlh->nlmsg_type == NLMSG_ERROR) {
+			/* Without NLM_F_ACK the kernel answers a reconfiguration only to refuse it. */
+			const struct nlmsgerr *e = NLMSG_DATA(nlh);
+			if (nlh->nlmsg_seq == RECONFIG_SEQ && nlh->nlmsg_len >= NLMSG_LENGTH(sizeof(*e)) &&
+			    e->error < 0 && !s->config_error)
+				s->config_error = e->error;
+			continue;
+		}
 		if (!nflog_is_packet_msg(nlh))
-			continue;  /* NLMSG_DONE ends a batch; a late ACK is harmless */
+			continue;  /* NLMSG_DONE ends a batch */
 		if (nflog_record_parse(nlh, &rec) < 0) {
 			s->decode_errors++;
 			continue;

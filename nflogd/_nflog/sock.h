@@ -40,13 +40,18 @@ struct nflog_sock {
 	/* Counters, only touched by the thread holding the handle's I/O lock. */
 	uint64_t received, lost, truncated, decode_errors, enobufs, datagrams;
 	double last_message_time;
+	/* The kernel's refusal of a nflog_sock_configure message (negative errno; 0: none). It comes
+	 * back in the data stream, where nflog_sock_dispatch finds it; the reader reports it. */
+	int config_error;
 };
 
 /* The smallest nlbuf the kernel accepts (one page, or 8 KiB on larger pages, minus overhead). */
 uint32_t nflog_nlbuf_min(void);
 
 int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg);
-/* Apply new mode, nlbuf, timeout and qthresh to the bound group (cfg->group must be the same). */
+/* Apply new mode, nlbuf, timeout and qthresh to the bound group (cfg->group must be the same).
+ * The kernel applies it before this returns; a refusal (e.g. EPERM once CAP_NET_ADMIN is gone)
+ * is only sent back, and shows in s->config_error when dispatch meets it. */
 int nflog_sock_configure(struct nflog_sock *s, const struct nflog_config *cfg);
 void nflog_sock_close(struct nflog_sock *s);
 
