@@ -641,6 +641,8 @@ def test_a_handle_never_opened_or_opened_twice_is_safe() -> None:
     assert (h.received, h.lost, h.drops) == (0, 0, 0)
     with pytest.raises(nflog.NflogClosedError):
         h.next()
+    with pytest.raises(nflog.NflogClosedError):
+        h.configure(timeout=1.0)
     h.close()
     assert h.__exit__(None, None, None) is False
     with Netns("reinit") as ns:

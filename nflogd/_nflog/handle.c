@@ -497,11 +497,11 @@ static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *
 		return NULL;
 	if (copymode < INT_MIN || copymode > INT_MAX)
 		copymode = -1;  /* out of range: make_config names the valid modes */
+	if (self->closed)  /* first: a handle never opened has no settings to start from */
+		return closed_error();
 	if (make_config(&cfg, cur->group, timeout, qthresh, cur->rcvbuf, nlbuf, cur->enobufs,
 			(int)copymode, copyrange, cur->seq) < 0)
 		return NULL;
-	if (self->closed)
-		return closed_error();
 	/* Under the GIL: close() flags the handle under the GIL before it closes the fd. */
 	r = nflog_sock_configure(&self->sock, &cfg);
 	if (r < 0)
