@@ -9,8 +9,10 @@ Code written for nflogr ports by changing the import::
             print(rec.prefix, rec.indev, rec.uid, rec.length)
 
 Beyond nflogr: ``seq=True`` gives ``NflogData.seq`` and an exact ``Nflog.lost`` count; every record
-has ``hook`` and ``family``; and ``Nflog.aggregate(Aggregator(...))`` counts packets and bytes by
-chosen fields entirely in C, without a Python object per packet.
+has ``hook`` and ``family``; ``Nflog.aggregate(Aggregator(...))`` counts packets and bytes by
+chosen fields entirely in C, without a Python object per packet; and ``Nflog.configure(...)``
+changes batching and copy settings of a bound group in place, losing nothing it was batching.
+Interface names are those of the network namespace the handle was opened in.
 """
 
 from __future__ import annotations
