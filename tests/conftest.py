@@ -13,8 +13,6 @@ missing.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,20 +28,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Netns, require_root  # noqa: E402
+from netns import NFLOGD, Netns, require_tools  # noqa: E402
 
-NFLOGD = str(Path(sys.executable).with_name("nflogd"))
 STOP_TIMEOUT = 5.0
-
-
-def require_tools(*tools: str) -> None:
-    """Root and the real tools, or a loud failure (never a skip)."""
-    require_root()
-    for tool in tools:
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed: run `make test`, which installs it")
-    if not os.access(NFLOGD, os.X_OK):
-        raise RuntimeError(f"{NFLOGD} missing: build the venv with `make venv`")
 
 
 # --- parsed scrapes ------------------------------------------------------------------------

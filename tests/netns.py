@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = str(Path(sys.executable))
 # Debian's interpreter: readable by any uid, unlike a venv under /root (mode 700).
 SYSTEM_PYTHON = "/usr/bin/python3"
+NFLOGD = str(Path(sys.executable).with_name("nflogd"))
 
 _counter = itertools.count()
 CLONE_NEWNET = 0x40000000
@@ -35,6 +36,23 @@ def require_root() -> None:
     for tool in ("ip", "nft", "setpriv"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not installed: run `make test`, which installs it")
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool a test needs; fail (never skip) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed: run `make test`, which installs it")
+    return path
+
+
+def require_tools(*tools: str) -> None:
+    """Root, the real tools and the built daemon, or a loud failure (never a skip)."""
+    require_root()
+    for tool in tools:
+        require_tool(tool)
+    if not os.access(NFLOGD, os.X_OK):
+        raise RuntimeError(f"{NFLOGD} is missing: build the venv with `make venv`")
 
 
 def run(cmd: Sequence[str], *, check: bool = True, input: bytes | str | None = None,

@@ -10,24 +10,15 @@ import contextlib
 import faulthandler
 import json
 import select
-import shutil
 import sys
 import time
 from typing import Iterator
 
-from netns import Netns, require_root
+from netns import Netns, require_root, require_tool
 from nflogd import nflog
 
 __all__ = ["Netns", "require_root", "require_tool", "open_in", "read_n", "assert_quiet",
            "aggregate_until", "hang_guard", "mac_of", "rule_counts"]
-
-
-def require_tool(name: str) -> str:
-    """The path of a tool the test needs; fail (never skip) when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"{name} is not installed: run `make test`, which installs it")
-    return path
 
 
 def open_in(ns: Netns, group: int, **kwargs: object) -> nflog.Nflog:

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,25 +36,14 @@ from typing import Callable, Iterator
 import pytest
 import yaml
 
-from netns import Netns, require_root
+from netns import NFLOGD, Netns, require_tools
 from test_service_files import dashboard_queries
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
-NFLOGD = str(Path(sys.executable).with_name("nflogd"))
 WATCHDOG_USEC = 2_000_000
 # daemon.HEARTBEAT_STALE, restated: a test of the daemon must not take its numbers from the daemon.
 HEARTBEAT_STALE = 5.0
-
-
-def require_tools(*tools: str) -> None:
-    """Root and the real tools, or a loud failure (never a skip)."""
-    require_root()
-    for t in tools:
-        if shutil.which(t) is None:
-            raise RuntimeError(f"{t} is not installed: run `make test`, which installs it")
-    if not os.access(NFLOGD, os.X_OK):
-        raise RuntimeError(f"{NFLOGD} is missing: build the venv with `make venv`")
 
 
 # --- a notify socket, as systemd binds it ---------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from netns import Netns, require_root
+from netns import Netns, require_root, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = "/lib/systemd/systemd"
@@ -102,8 +102,7 @@ def require_tools() -> None:
     """Root and the real tools, or a loud failure (never a skip)."""
     require_root()
     for t in ("unshare", "nsenter", "systemctl", "ip", "nft"):
-        if shutil.which(t) is None:
-            raise RuntimeError(f"{t} is not installed: run `make test`, which installs it")
+        require_tool(t)
     if not os.access(SYSTEMD, os.X_OK):
         raise RuntimeError(f"{SYSTEMD} is missing: apt-get install systemd")
 
