@@ -698,3 +698,38 @@ def test_a_signal_handler_runs_and_its_exception_ends_a_blocked_read(how: str) -
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
             h.close()
+
+
+def test_opens_from_many_threads_at_once_all_bind_and_no_family_logger_changes() -> None:
+    """libnetfilter_log's nflog_open races across threads (a static); ours keeps no shared state.
+    And opening never sends PF_BIND/PF_UNBIND: the namespace's per-family loggers stay as they were."""
+    with Netns("threads") as ns:
+        loggers = ns.run("cat", "/proc/net/netfilter/nf_log").stdout
+        barrier = threading.Barrier(8)
+        handles: list[nflog.Nflog] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def opener(i: int) -> None:
+            try:
+                with ns.entered():  # per thread: setns moves only the calling thread
+                    barrier.wait(10)
+                    mine = [nflog.open(100 + 10 * i + k) for k in range(10)]
+                with lock:
+                    handles.extend(mine)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=opener, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        bound = _bound_groups(ns)
+        assert sorted(bound) == list(range(100, 180)) and len(set(bound.values())) == 80
+        assert sorted(h.getgroup() for h in handles) == list(range(100, 180))
+        for h in handles:
+            h.close()
+        assert _bound_groups(ns) == {}
+        assert ns.run("cat", "/proc/net/netfilter/nf_log").stdout == loggers
