@@ -64,6 +64,16 @@ class _Totals:
         self.decode_errors += h.decode_errors
 
 
+class _NoHandle:
+    """Zero counters, for a worker that has no socket at the moment."""
+
+    received = lost = drops = truncated = decode_errors = 0
+    last_message_time = None
+
+
+_NO_HANDLE = _NoHandle()
+
+
 class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
@@ -76,6 +86,7 @@ class GroupWorker(threading.Thread):
         self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
         self._handle: nflog.Nflog | None = None
         self._totals = _Totals()
+        self._last_message_time: float | None = None  # of retired handles
         self._stop_event = threading.Event()
         self._restarts = 0
         self._error: str | None = None
@@ -132,15 +143,15 @@ class GroupWorker(threading.Thread):
                     rcvbuf = h.rcvbuf
                 except nflog.NflogError:
                     live = False
+            # A closed handle still counts until _retire_handle() moves its counters into the
+            # totals (under this lock): the exported counters never dip.
+            cur = h if h is not None else _NO_HANDLE
             return WorkerStats(
                 group=self.cfg.group, bound=live,
-                received=t.received + (h.received if live else 0),
-                lost=t.lost + (h.lost if live else 0),
-                enobufs=t.enobufs + (h.drops if live else 0),
-                truncated=t.truncated + (h.truncated if live else 0),
-                decode_errors=t.decode_errors + (h.decode_errors if live else 0),
-                rcvbuf=rcvbuf,
-                last_message_time=h.last_message_time if live else None,
+                received=t.received + cur.received, lost=t.lost + cur.lost,
+                enobufs=t.enobufs + cur.drops, truncated=t.truncated + cur.truncated,
+                decode_errors=t.decode_errors + cur.decode_errors, rcvbuf=rcvbuf,
+                last_message_time=cur.last_message_time or self._last_message_time,
                 restarts=self._restarts, heartbeat=self._heartbeat, error=self._error)
 
     # -- the thread ---------------------------------------------------------------------------
@@ -157,6 +168,8 @@ class GroupWorker(threading.Thread):
             if self._handle is not None:
                 self._handle.close()
                 self._totals.absorb(self._handle)
+                self._last_message_time = (self._handle.last_message_time
+                                           or self._last_message_time)
                 self._handle = None
 
     def _swap_aggregator(self) -> None:
