@@ -1,0 +1,45 @@
+"""The benchmark still runs: a short smoke run of bench/run on the real kernel.
+
+Speed is not asserted here (CI machines are shared and noisy; the full bench/run reports ratios).
+What a user of the benchmark relies on is: it builds, floods inside its own namespace, cleans up,
+and every consumer it measures sees exactly what the nft rule counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from netns import REPO, require_tool, require_tools  # noqa: E402
+
+CONSUMERS = ("floor", "python-loop", "nflogd")
+
+
+def namespaces() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                              check=True).stdout.split())
+
+
+def test_bench_smoke_run_counts_exactly_and_cleans_up() -> None:
+    require_tools()
+    require_tool("gcc")
+    before = namespaces()
+    env = dict(os.environ, NFLOGD_BENCH_SKIP_INSTALL="1")
+    proc = subprocess.run([str(REPO / "bench" / "run"), "--smoke", "--scenarios", "a",
+                           "--consumers", ",".join(CONSUMERS)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((REPO / "bench" / "out" / "latest.json").read_text())
+    summary = result["scenarios"]["a"]["summary"]
+    for consumer in CONSUMERS:
+        s = summary[consumer]
+        assert not s["errors"], (consumer, s["errors"])
+        assert s["logged"] > 0 and s["records"] == s["logged"], (consumer, s)
+        assert s["loss_pct"] == 0 and s["lost_by_seq"] == 0, (consumer, s)
+        assert s["cpu_us_per_record"] > 0, (consumer, s)
+    # Its own namespaces are gone (others' may come and go meanwhile: only new ones count).
+    assert not {n for n in namespaces() - before if "bench" in n}, namespaces() - before
