@@ -22,20 +22,6 @@ typedef struct {
 
 /* ---- SeriesBudget ------------------------------------------------------------------------- */
 
-static int budget_init(BudgetObject *self, PyObject *args, PyObject *kw)
-{
-	static char *kwlist[] = {"limit", NULL};
-	long limit;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "l:SeriesBudget", kwlist, &limit))
-		return -1;
-	if (limit < 0) {
-		PyErr_SetString(PyExc_ValueError, "limit must be >= 0");
-		return -1;
-	}
-	__atomic_store_n(&self->b.limit, limit, __ATOMIC_RELAXED);
-	return 0;
-}
-
 static PyObject *budget_get_limit(BudgetObject *self, void *c)
 {
 	(void)c;
@@ -55,6 +41,15 @@ static int budget_set_limit(BudgetObject *self, PyObject *v, void *c)
 	/* Lowering it keeps the keys that exist; only new keys are refused. */
 	__atomic_store_n(&self->b.limit, limit, __ATOMIC_RELAXED);
 	return 0;
+}
+
+static int budget_init(BudgetObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"limit", NULL};
+	PyObject *limit;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O:SeriesBudget", kwlist, &limit))
+		return -1;
+	return budget_set_limit(self, limit, NULL);
 }
 
 static PyObject *budget_get_used(BudgetObject *self, void *c)
