@@ -23,7 +23,7 @@ PyObject *set_error(int negerr, const char *fmt, ...)
 
 	if (err == ENOBUFS)
 		type = NflogDroppedError;
-	else if (err == ECANCELED || err == EBADF)
+	else if (err == ECANCELED)  /* only close() ends a handle; a lost fd is a failure */
 		type = NflogClosedError;
 	else if (err == EAGAIN || err == EINTR)
 		type = NflogRetryError;
