@@ -14,7 +14,6 @@ missing.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -85,16 +84,6 @@ def promtool_check(text: str) -> None:
 
 # --- the daemon ----------------------------------------------------------------------------
 
-def free_port(ns: Netns) -> int:
-    with ns.entered():
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-        finally:
-            s.close()
-
-
 class RunningDaemon:
     """The real nflogd process inside a namespace; stderr goes to a file that tests can read."""
 
@@ -103,7 +92,7 @@ class RunningDaemon:
                  argv: Sequence[str] | None = None,
                  wait: bool = True) -> None:
         self.ns = ns
-        self.port = port or free_port(ns)
+        self.port = port or ns.free_port()
         self.config_path = workdir / f"nflogd-{self.port}.yaml"
         self.stderr_path = workdir / f"nflogd-{self.port}.stderr"
         if argv is None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -114,6 +115,16 @@ class Netns:
         finally:
             os.close(home)
             os.close(target)
+
+    def free_port(self) -> int:
+        """A TCP port on 127.0.0.1 that nothing in this namespace listens on now."""
+        with self.entered():
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+            finally:
+                s.close()
 
     # -- running things inside ----------------------------------------------------------------
     def argv(self, cmd: Sequence[str], uid: int | None = None) -> list[str]:

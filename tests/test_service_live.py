@@ -148,16 +148,6 @@ def netns_factory() -> Iterator[Callable[[str], Netns]]:
 
 # --- processes inside a namespace -----------------------------------------------------------------
 
-def free_port(ns: Netns) -> int:
-    with ns.entered():
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-        finally:
-            s.close()
-
-
 def http_get(ns: Netns, url: str, timeout: float = 5.0) -> tuple[int, str]:
     """(status, body) of a GET made from inside ``ns``; HTTP errors are returned, not raised."""
     with ns.entered():
@@ -265,7 +255,7 @@ def test_notify_sequence_ready_watchdog_reload_stop(netns_factory, procs, notify
     """
     require_tools("ip", "nft")
     ns = netns_factory("notify")
-    port = free_port(ns)
+    port = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(two_group_config(port))
     d = procs(ns, [NFLOGD, "--config", str(cfg)], tmp_path / "nflogd.log",
@@ -355,7 +345,7 @@ def test_watchdog_stops_when_a_worker_is_stuck(netns_factory, procs, notify_sock
             }
         }
     """)
-    port = free_port(ns)
+    port = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(two_group_config(port))
     d = procs(ns, [NFLOGD, "--config", str(cfg)], tmp_path / "nflogd.log",
@@ -400,7 +390,7 @@ def test_watchdog_pid_of_another_process_means_no_pings(netns_factory, procs, no
     """WATCHDOG_PID naming another process (a parent that exported it): READY=1 yes, WATCHDOG=1 never."""
     require_tools("ip", "nft")
     ns = netns_factory("wdpid")
-    port = free_port(ns)
+    port = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(two_group_config(port))
     d = procs(ns, [NFLOGD, "--config", str(cfg)], tmp_path / "nflogd.log",
@@ -473,9 +463,9 @@ def test_prometheus_end_to_end(netns_factory, procs, tmp_path: Path) -> None:
             }}
         }}
     """)
-    nport, pport = free_port(ns), free_port(ns)
+    nport, pport = ns.free_port(), ns.free_port()
     while pport == nport:
-        pport = free_port(ns)
+        pport = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(f'listen: "127.0.0.1:{nport}"\n'
                    "labels: [group, prefix, action, indev, outdev, uid]\n"
