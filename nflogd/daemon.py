@@ -16,7 +16,7 @@ from typing import Sequence
 
 from . import nflog
 from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, GroupConfig, load_config
 from .httpserver import MetricsServer
 from .ifnames import InterfaceNames
 from .notify import Notifier
@@ -32,6 +32,10 @@ STATUS_INTERVAL = 5.0
 
 class StartupError(Exception):
     """The daemon cannot start: nothing is bound or the endpoint cannot listen."""
+
+
+class ReloadError(Exception):
+    """A valid configuration that cannot be applied (its listen address is unavailable)."""
 
 
 class Daemon:
@@ -61,7 +65,7 @@ class Daemon:
         return list(self.workers.values())
 
     # -- start --------------------------------------------------------------------------------
-    def _new_worker(self, gcfg, cfg: Config) -> GroupWorker:
+    def _new_worker(self, gcfg: GroupConfig, cfg: Config) -> GroupWorker:
         return GroupWorker(gcfg, fields_for(cfg.labels), self.budget)
 
     def _bind_all(self, cfg: Config) -> list[str]:
@@ -170,7 +174,7 @@ class Daemon:
             new = load_config(self.config_path) if self.config_path else self.config
             web = self._web_config(new)
             self._apply(new, web)
-        except (ConfigError, WebConfigError) as e:
+        except (ConfigError, WebConfigError, ReloadError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             self.reload_status.record(False)
             self.notifier.ready(f"reload failed: {e}")
@@ -181,11 +185,21 @@ class Daemon:
         return True
 
     def _apply(self, new: Config, web: WebConfig | None) -> None:
+        """Make the running daemon match new. The endpoint goes first: if the server refuses the
+        web config or the new address cannot listen, this raises and nothing has changed."""
         old = self.config
-        same_endpoint = (new.listen_host, new.listen_port, new.metrics_path) == (
-            old.listen_host, old.listen_port, old.metrics_path)
-        if same_endpoint and self.server is not None:
-            self.server.reload(web)  # raises WebConfigError before anything else changed
+        assert self.server is not None
+        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port):
+            server = self._make_server(new, web)
+            try:
+                server.start()  # the old one keeps serving until the new one listens
+            except OSError as e:
+                raise ReloadError(reason(e)) from e
+            self.server.stop()
+            self.server = server
+        else:
+            self.server.reload(web)  # raises WebConfigError, keeping the old web config
+            self.server.set_metrics_path(new.metrics_path)
         self.budget.limit = new.max_series
         fields = fields_for(new.labels)
         wanted = {g.group: g for g in new.groups}
@@ -205,16 +219,6 @@ class Daemon:
             self.workers[group] = w
             w.start()
         self.config = new
-        if not same_endpoint:
-            server = self._make_server(new, web)
-            try:
-                server.start()
-            except OSError as e:
-                log.error("cannot listen on %s, still serving on %s: %s", new.listen, old.listen, e)
-                return
-            assert self.server is not None
-            self.server.stop()
-            self.server = server
 
     def _retire_worker(self, group: int) -> None:
         w = self.workers.pop(group)

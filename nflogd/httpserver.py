@@ -256,7 +256,7 @@ class MetricsServer:
         if max_connections < 1 or workers < 1:
             raise ValueError("max_connections and workers must be at least 1")
         self._host, self._port = host, port
-        self._metrics_path = metrics_path
+        self._paths = (metrics_path, _landing_page(metrics_path))  # swapped whole, never torn
         self._render = render
         self.max_connections = max_connections
         self._reject_slots = max(16, max_connections)
@@ -268,7 +268,6 @@ class MetricsServer:
         self._max_header = max_header_bytes
         self._max_body = max_body_bytes
         self._tls_check_interval = tls_check_interval
-        self._landing = _landing_page(metrics_path)
 
         self._lock = threading.Lock()  # guards _state swaps and every counter below
         self._state = _make_state(web_config)
@@ -339,7 +338,7 @@ class MetricsServer:
         scheme = "https" if self._state.ssl_ctx else "http"
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on %s://%s:%d%s", scheme, shown, port, self._metrics_path)
+        log.info("listening on %s://%s:%d%s", scheme, shown, port, self._paths[0])
         self._threads = [threading.Thread(target=self._accept_loop, name="nflogd-http-accept",
                                           daemon=True),
                          threading.Thread(target=self._io_loop, name="nflogd-http-io", daemon=True)]
@@ -382,6 +381,12 @@ class MetricsServer:
                 self._last_tls_ok = True
                 self._last_tls_time = time.time()
         log.info("web config %s", "reloaded" if web_config else "cleared: plain HTTP, no auth")
+
+    def set_metrics_path(self, metrics_path: str) -> None:
+        """Serve the metrics at another path from the next request on (a reload that moves it)."""
+        if not metrics_path.startswith("/") or metrics_path == "/":
+            raise ValueError(f"metrics_path must start with / and not be /: {metrics_path!r}")
+        self._paths = (metrics_path, _landing_page(metrics_path))
 
     # --- acceptor ------------------------------------------------------------------------------
 
@@ -850,12 +855,13 @@ class MetricsServer:
                 self._auth_failures += 1
             return answer(401, b"401 Unauthorized\n",
                           extra=(("WWW-Authenticate", 'Basic realm="nflogd", charset="UTF-8"'),))
-        if req.path not in (self._metrics_path, "/"):
+        metrics_path, landing = self._paths
+        if req.path not in (metrics_path, "/"):
             return answer(404, b"404 Not Found\n")
         if req.method not in ("GET", "HEAD"):
             return answer(405, b"405 Method Not Allowed\n", extra=(("Allow", "GET, HEAD"),))
         if req.path == "/":
-            return answer(200, self._landing, "text/html; charset=utf-8")
+            return answer(200, landing, "text/html; charset=utf-8")
         body, ctype = self._render(req.headers.get("accept"))
         extra: tuple[tuple[str, str], ...] = (("Vary", "Accept-Encoding"),)
         if len(body) >= _GZIP_MIN and _accepts_gzip(req.headers.get("accept-encoding")):

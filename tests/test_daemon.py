@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from typing import Sequence
 
 import pytest
@@ -227,6 +228,71 @@ def test_reload_changing_labels_keeps_the_group_bound(make_netns, start_daemon) 
     assert bound_portids(ns) == portid_before, "the group was re-bound"
     assert s.series(PACKETS, group="10") == [({"group": "10", "proto": "udp"}, 4)]
     assert s.value("nflogd_messages_lost_total", group="10") == 0
+
+
+def test_reload_moves_the_endpoint_or_refuses_a_busy_address(make_netns, start_daemon) -> None:
+    ns = make_netns("endpoint")
+    _lo_rules(ns, (10,))
+    d = start_daemon(ns, "groups:\n  - group: 10\n    timeout: 0.2\n")
+    ns.send_udp("127.0.0.1", 5010, 3, 10)
+    wait_counted(d, ns, [10], ["g10"])
+
+    # Same address, another path: served there from now on, the old path is gone.
+    d.write_config("metrics_path: /nflog\ngroups:\n  - group: 10\n    timeout: 0.2\n")
+    d.send(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while d.get("/nflog")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, _, body = d.get("/nflog")
+    assert status == 200 and Scrape(body).total(PACKETS, group="10") == 3
+    assert d.get("/metrics")[0] == 404
+    assert "/nflog" in d.get("/")[2]  # the landing page links the new path
+
+    # A listen address another socket holds: the reload fails, nothing changes, old port serves.
+    holder = ns.popen([VENV_PYTHON, "-c", "import socket,time; s=socket.socket(); "
+                       "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                       "s.bind(('127.0.0.1', 0)); s.listen(); print(s.getsockname()[1], flush=True); "
+                       "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        busy = int(holder.stdout.readline())
+        d.write_config(f'listen: "127.0.0.1:{busy}"\nmetrics_path: /other\n'
+                       "groups:\n  - group: 10\n    timeout: 0.2\n  - group: 11\n")
+        d.send(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            status, _, body = d.get("/nflog")
+            if Scrape(body).value("nflogd_config_last_reload_successful") == 0:
+                break
+            time.sleep(0.05)
+        s = Scrape(body)
+        assert s.value("nflogd_config_last_reload_successful") == 0
+        assert s.series("nflogd_group_bound", group="11") == []  # the new groups were not applied
+        errors = [line for line in d.stderr().splitlines() if "reload refused" in line]
+        assert errors and f"127.0.0.1:{busy}" in errors[-1], d.stderr()
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # A free port: the daemon moves there and the old one stops answering.
+    new_port = ns.free_port()
+    d.write_config(f'listen: "127.0.0.1:{new_port}"\ngroups:\n  - group: 10\n    timeout: 0.2\n')
+    d.send(signal.SIGHUP)
+    old_port, d.port = d.port, new_port
+    s = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            s = d.scrape()
+            if s.value("nflogd_config_last_reload_successful") == 1:
+                break
+        except OSError:
+            pass  # the new port listens once the reload got there
+        time.sleep(0.05)
+    assert s is not None and s.value("nflogd_config_last_reload_successful") == 1
+    assert s.total(PACKETS, group="10") == 3
+    with ns.entered():
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{old_port}/metrics", timeout=2)
 
 
 # --- 3. a bad config on reload ----------------------------------------------------------------
