@@ -131,21 +131,6 @@ def notify_socket() -> Iterator[NotifySocket]:
             ns.close()
 
 
-@pytest.fixture
-def netns_factory() -> Iterator[Callable[[str], Netns]]:
-    made: list[Netns] = []
-
-    def make(tag: str) -> Netns:
-        require_tools("ip", "nft")
-        ns = Netns(tag)
-        made.append(ns)
-        return ns
-
-    yield make
-    for ns in reversed(made):
-        ns.delete()
-
-
 # --- processes inside a namespace -----------------------------------------------------------------
 
 def http_get(ns: Netns, url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -245,7 +230,7 @@ def is_(key: str, value: str = "1") -> Callable[[Message], bool]:
 
 # --- the notify protocol --------------------------------------------------------------------------
 
-def test_notify_sequence_ready_watchdog_reload_stop(netns_factory, procs, notify_socket,
+def test_notify_sequence_ready_watchdog_reload_stop(make_netns, procs, notify_socket,
                                                     tmp_path: Path) -> None:
     """READY=1 once /metrics answers -> WATCHDOG=1 every second -> RELOADING=1 (MONOTONIC_USEC) and
     READY=1 on SIGHUP, READY=1 with STATUS='reload failed...' on a bad file -> STOPPING=1, exit 0.
@@ -254,7 +239,7 @@ def test_notify_sequence_ready_watchdog_reload_stop(netns_factory, procs, notify
     `ip netns exec`, which execs nflogd: one pid throughout), so the daemon's pid check is exercised.
     """
     require_tools("ip", "nft")
-    ns = netns_factory("notify")
+    ns = make_netns("notify")
     port = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(two_group_config(port))
@@ -330,13 +315,13 @@ def test_notify_sequence_ready_watchdog_reload_stop(netns_factory, procs, notify
     assert pids == {d.pid}, f"senders {pids}, daemon pid {d.pid}"
 
 
-def test_watchdog_stops_when_a_worker_is_stuck(netns_factory, procs, notify_socket,
+def test_watchdog_stops_when_a_worker_is_stuck(make_netns, procs, notify_socket,
                                                tmp_path: Path) -> None:
     """NFLOGD_TEST_STALL_GROUP=1: that worker stops beating once running. WATCHDOG=1 goes on until its
     heartbeat is HEARTBEAT_STALE (5 s) old and then stops for good, while group 0 keeps counting and
     the main loop keeps answering (STATUS=, /metrics, SIGTERM)."""
     require_tools("ip", "nft")
-    ns = netns_factory("stall")
+    ns = make_netns("stall")
     ns.nft("""
         table inet t {
             chain output {
@@ -385,11 +370,11 @@ def test_watchdog_stops_when_a_worker_is_stuck(netns_factory, procs, notify_sock
     assert any("STOPPING" in m for m in msgs.snapshot()), msgs.dump()
 
 
-def test_watchdog_pid_of_another_process_means_no_pings(netns_factory, procs, notify_socket,
+def test_watchdog_pid_of_another_process_means_no_pings(make_netns, procs, notify_socket,
                                                         tmp_path: Path) -> None:
     """WATCHDOG_PID naming another process (a parent that exported it): READY=1 yes, WATCHDOG=1 never."""
     require_tools("ip", "nft")
-    ns = netns_factory("wdpid")
+    ns = make_netns("wdpid")
     port = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(two_group_config(port))
@@ -446,11 +431,11 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, step: floa
         time.sleep(step)
 
 
-def test_prometheus_end_to_end(netns_factory, procs, tmp_path: Path) -> None:
+def test_prometheus_end_to_end(make_netns, procs, tmp_path: Path) -> None:
     """nflogd and Prometheus in one namespace; nft drops and logs UDP; Prometheus's HTTP API says the
     drop alert is pending, every dashboard query has data, and the stored counts equal nft's."""
     require_tools("ip", "nft", "prometheus", "promtool")
-    ns = netns_factory("prom")
+    ns = make_netns("prom")
     ns.nft(f"""
         table inet t {{
             chain input {{
