@@ -8,7 +8,7 @@ APT_BUILD := build-essential pkg-config python3-dev python3-venv libnetfilter-lo
 APT_TEST  := nftables iptables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd valgrind
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.built
-SOURCES := $(wildcard nflogd/_nflog/*.c nflogd/_nflog/*.h) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*.c csrc/*.h) setup.py pyproject.toml
 
 .PHONY: all deps venv build run test check-c install clean
 

@@ -18,8 +18,8 @@ setup(
     ext_modules=[
         Extension(
             "nflogd._nflog",
-            sources=sorted(glob.glob("nflogd/_nflog/*.c")),
-            depends=sorted(glob.glob("nflogd/_nflog/*.h")),
+            sources=sorted(glob.glob("csrc/*.c")),
+            depends=sorted(glob.glob("csrc/*.h")),
             libraries=["netfilter_log", "mnl"],
             define_macros=[("LIBNETFILTER_LOG_VERSION", f'"{libnetfilter_log_version()}"')],
             extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2",

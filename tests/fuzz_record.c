@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Bounds of the record parser (record.c) and the datagram walker (sock.c nflog_sock_dispatch),
+/* Bounds of the record parser (record.c) and the datagram walker (sock.c nfd_sock_dispatch),
  * built by tests/test_nflog_c.py with -fsanitize=address,undefined.
  *
  * Every message is parsed from a heap block of exactly its length, so any read past it is an
@@ -133,13 +133,13 @@ static void check_inside(const void *lo, size_t size, const void *p, size_t n, c
 	      "%s: [%td, +%zu) outside the %zu-byte message", what, q - b, n, size);
 }
 
-static void check_record(const struct nflog_record *r, const void *msg, size_t size)
+static void check_record(const struct nfd_record *r, const void *msg, size_t size)
 {
 	check_inside(msg, size, r->prefix, r->prefix_len, "prefix");
 	check_inside(msg, size, r->payload, r->payload_len, "payload");
 	check_inside(msg, size, r->hwaddr, r->hwaddr_len, "hwaddr");
 	check_inside(msg, size, r->hwhdr, r->hwhdr_len, "hwhdr");
-	CHECK(r->prefix_len <= NFLOG_PREFIX_MAX, "prefix_len %u", r->prefix_len);
+	CHECK(r->prefix_len <= NFD_PREFIX_MAX, "prefix_len %u", r->prefix_len);
 	CHECK(r->hwaddr_len <= 8, "hwaddr_len %u", r->hwaddr_len);
 	if (!r->payload)
 		CHECK(r->ip_len == 0 && !r->has_l4proto, "ip facts without a payload");
@@ -157,16 +157,16 @@ static void check_record(const struct nflog_record *r, const void *msg, size_t s
 }
 
 /* Parse `len` bytes of src from a heap block of exactly that size, with nlmsg_len = len. */
-static int parse_exact(const uint8_t *src, size_t len, struct nflog_record *out)
+static int parse_exact(const uint8_t *src, size_t len, struct nfd_record *out)
 {
 	uint8_t *copy = malloc(len ? len : 1);
-	struct nflog_record r;
+	struct nfd_record r;
 	int ret;
 
 	CHECK(copy != NULL, "malloc");
 	memcpy(copy, src, len);
 	((struct nlmsghdr *)copy)->nlmsg_len = (uint32_t)len;
-	ret = nflog_record_parse((struct nlmsghdr *)copy, &r);
+	ret = nfd_record_parse((struct nlmsghdr *)copy, &r);
 	CHECK(ret == 0 || ret == -EBADMSG, "parse returned %d", ret);
 	if (ret == 0)
 		check_record(&r, copy, len);
@@ -182,7 +182,7 @@ static int parse_exact(const uint8_t *src, size_t len, struct nflog_record *out)
 static void test_full_message(void)
 {
 	struct msg m;
-	struct nflog_record r;
+	struct nfd_record r;
 
 	full_message(&m);
 	CHECK(parse_exact(m.b, m.len, &r) == 0, "the full message must parse");
@@ -270,7 +270,7 @@ static void test_short_fixed_attributes(void)
 static void test_prefix_and_hwheader_lengths(void)
 {
 	struct msg m;
-	struct nflog_record r;
+	struct nfd_record r;
 	char big[300];
 
 	memset(big, 'a', sizeof(big));
@@ -278,7 +278,7 @@ static void test_prefix_and_hwheader_lengths(void)
 		msg_start(&m, 2, 1);
 		msg_attr(&m, NFULA_PREFIX, big, n);
 		CHECK(parse_exact(m.b, m.len, &r) == 0, "prefix %zu", n);
-		CHECK(r.prefix_len == (n > NFLOG_PREFIX_MAX ? NFLOG_PREFIX_MAX : n), "prefix_len %u for %zu",
+		CHECK(r.prefix_len == (n > NFD_PREFIX_MAX ? NFD_PREFIX_MAX : n), "prefix_len %u for %zu",
 		      r.prefix_len, n);
 	}
 	msg_start(&m, 2, 1);
@@ -298,7 +298,7 @@ static void test_prefix_and_hwheader_lengths(void)
 }
 
 static int parse_payload(uint8_t family, uint16_t ethertype, const uint8_t *p, size_t n,
-			 struct nflog_record *r)
+			 struct nfd_record *r)
 {
 	struct nfulnl_msg_packet_hdr ph = {.hw_protocol = htons(ethertype), .hook = 3};
 	struct msg m;
@@ -311,7 +311,7 @@ static int parse_payload(uint8_t family, uint16_t ethertype, const uint8_t *p, s
 static void test_ip_headers(void)
 {
 	uint8_t p[2048];
-	struct nflog_record r;
+	struct nfd_record r;
 
 	/* IPv4 cut at every length: the IP length only from a whole header. */
 	ipv4_udp(p, 1500);
@@ -375,7 +375,7 @@ struct walk {
 	uint32_t last_seq;
 };
 
-static int visit(void *ctx, const struct nflog_record *rec, const struct nlmsghdr *nlh)
+static int visit(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
 {
 	struct walk *w = ctx;
 	const uint8_t *p = (const uint8_t *)nlh;
@@ -387,7 +387,7 @@ static int visit(void *ctx, const struct nflog_record *rec, const struct nlmsghd
 }
 
 /* Walk `len` bytes from a heap block of exactly that size. */
-static size_t walk_exact(struct nflog_sock *s, const uint8_t *src, size_t len, struct walk *w)
+static size_t walk_exact(struct nfd_sock *s, const uint8_t *src, size_t len, struct walk *w)
 {
 	uint8_t *copy = malloc(len ? len : 1);
 	CHECK(copy != NULL, "malloc");
@@ -395,7 +395,7 @@ static size_t walk_exact(struct nflog_sock *s, const uint8_t *src, size_t len, s
 	*w = (struct walk){.buf = copy, .len = len};
 	s->buf = copy;
 	s->bufsize = len;
-	size_t n = nflog_sock_dispatch(s, len, visit, w);
+	size_t n = nfd_sock_dispatch(s, len, visit, w);
 	CHECK(n == w->visited, "dispatch said %zu, visited %zu", n, w->visited);
 	s->buf = NULL;
 	free(copy);
@@ -415,7 +415,7 @@ static size_t put_seq_msg(uint8_t *dst, uint32_t seq)
 static void test_walker(void)
 {
 	static uint8_t dg[4096];
-	struct nflog_sock s;
+	struct nfd_sock s;
 	struct walk w;
 	size_t len = 0;
 
@@ -536,7 +536,7 @@ static void random_phase(double seconds)
 {
 	struct msg full;
 	static uint8_t buf[70000], dg[8192];
-	struct nflog_sock s;
+	struct nfd_sock s;
 	struct walk w;
 	struct timespec t0, t;
 	size_t dglen = 0;

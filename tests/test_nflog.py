@@ -617,7 +617,7 @@ def test_without_cap_net_admin_the_error_says_root_or_cap_net_admin_is_needed() 
     with tempfile.TemporaryDirectory() as tmp, Netns("nocap") as ns:
         os.chmod(tmp, 0o755)
         shutil.copytree(REPO / "nflogd", Path(tmp) / "nflogd",
-                        ignore=shutil.ignore_patterns("__pycache__", "_nflog"))
+                        ignore=shutil.ignore_patterns("__pycache__"))
         for root, dirs, files in os.walk(tmp):
             for name in dirs + files:
                 os.chmod(os.path.join(root, name), 0o755)

@@ -1,7 +1,7 @@
 """The C underneath nflogd.nflog, tested in C: bounds of every length the kernel sends, truncated
 datagrams from the real kernel, and a clean -Wall -Wextra -Werror build.
 
-The harnesses are compiled here with gcc against nflogd/_nflog/{record,sock}.c and run under
+The harnesses are compiled here with gcc against csrc/{record,sock}.c and run under
 AddressSanitizer and UndefinedBehaviorSanitizer (leaks included: LeakSanitizer runs at exit).
 Without gcc or libnetfilter_log's headers the tests fail, saying so.
 """
@@ -19,7 +19,7 @@ import pytest
 from netns import REPO, Netns
 from nflog_support import require_root, require_tool
 
-SRC = REPO / "nflogd" / "_nflog"
+SRC = REPO / "csrc"
 TESTS = REPO / "tests"
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 WARN = ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]

@@ -197,7 +197,7 @@ print("done", flush=True)
 
 
 def test_the_extension_under_valgrind_memcheck(tmp_path) -> None:
-    """Every entry point of the Python-facing C (handle.c, data.c, aggregator.c) under memcheck:
+    """Every entry point of the Python-facing C (py_nflog.c, py_nflogdata.c, py_aggregator.c) under memcheck:
     no invalid access, no uninitialised byte used or sent, nothing definitely lost."""
     valgrind = require_tool("valgrind")
     script = tmp_path / "workload.py"

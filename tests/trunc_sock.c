@@ -48,7 +48,7 @@ struct seen {
 	uint32_t seq, ip_len, payload_len;
 };
 
-static int visit(void *ctx, const struct nflog_record *rec, const struct nlmsghdr *nlh)
+static int visit(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
 {
 	struct seen *s = ctx;
 	(void)nlh;
@@ -59,26 +59,26 @@ static int visit(void *ctx, const struct nflog_record *rec, const struct nlmsghd
 	return 0;
 }
 
-static ssize_t wait_recv(struct nflog_sock *s)
+static ssize_t wait_recv(struct nfd_sock *s)
 {
-	int r = nflog_sock_wait(s, 5000);
+	int r = nfd_sock_wait(s, 5000);
 	if (r != 1)
 		FAIL("no datagram within 5 s (wait %d)", r);
-	return nflog_sock_recv(s);
+	return nfd_sock_recv(s);
 }
 
 int main(void)
 {
-	struct nflog_config cfg = {
-		.group = 1, .copymode = NFULNL_COPY_PACKET, .copyrange = NFLOG_COPY_RANGE_MAX,
+	struct nfd_config cfg = {
+		.group = 1, .copymode = NFULNL_COPY_PACKET, .copyrange = NFD_COPY_RANGE_MAX,
 		.qthresh = 1, .timeout = 0, .enobufs = ENOBUFS_RAISE, .seq = true,
 	};
-	struct nflog_sock s;
+	struct nfd_sock s;
 	struct seen seen = {0};
 	ssize_t len;
-	int r = nflog_sock_open(&s, &cfg);
+	int r = nfd_sock_open(&s, &cfg);
 	if (r < 0)
-		FAIL("nflog_sock_open: %s", strerror(-r));
+		FAIL("nfd_sock_open: %s", strerror(-r));
 	const size_t real = s.bufsize;
 	if (real < 131072)
 		FAIL("receive buffer %zu is smaller than the kernel's largest datagram", real);
@@ -97,7 +97,7 @@ int main(void)
 	len = wait_recv(&s);
 	if (len <= 0)
 		FAIL("recv after restoring the buffer: %zd", len);
-	if (nflog_sock_dispatch(&s, (size_t)len, visit, &seen) != 1 || seen.seq != 1 ||
+	if (nfd_sock_dispatch(&s, (size_t)len, visit, &seen) != 1 || seen.seq != 1 ||
 	    seen.ip_len != 228 || s.lost != 1 || s.received != 1)
 		FAIL("after truncation: n %zu seq %u ip_len %u lost %llu received %llu", seen.n, seen.seq,
 		     seen.ip_len, (unsigned long long)s.lost, (unsigned long long)s.received);
@@ -106,12 +106,12 @@ int main(void)
 	send_udp(60000);
 	len = wait_recv(&s);
 	seen.n = 0;
-	if (len <= 60000 || nflog_sock_dispatch(&s, (size_t)len, visit, &seen) != 1 ||
+	if (len <= 60000 || nfd_sock_dispatch(&s, (size_t)len, visit, &seen) != 1 ||
 	    seen.payload_len != 60028 || seen.ip_len != 60028 || s.truncated != 1 || s.lost != 1)
 		FAIL("60 KB record: len %zd payload %u truncated %llu", len, seen.payload_len,
 		     (unsigned long long)s.truncated);
 
-	nflog_sock_close(&s);
+	nfd_sock_close(&s);
 	printf("ok\n");
 	return 0;
 }

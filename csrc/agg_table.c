@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-#include "agg.h"
+#include "agg_table.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -44,7 +44,7 @@ static inline bool key_equal(const struct agg_key *a, const struct agg_key *b)
 }
 
 /* Only the chosen fields go into the key; the rest stay zero so records differing there merge. */
-static void key_build(const struct agg_table *t, const struct nflog_record *r, struct agg_key *k)
+static void key_build(const struct agg_table *t, const struct nfd_record *r, struct agg_key *k)
 {
 	uint32_t f = t->fields;
 
@@ -153,7 +153,7 @@ static int grow_entries(struct agg_table *t)
 	return 0;
 }
 
-void agg_fold(struct agg_table *t, const struct nflog_record *rec)
+void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 {
 	struct agg_key key;
 	size_t mask = t->nslots - 1, j;

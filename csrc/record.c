@@ -33,13 +33,13 @@ static uint64_t get_be64(const uint8_t *p)
 	return ((uint64_t)get_be32(p) << 32) | get_be32(p + 4);
 }
 
-bool nflog_is_packet_msg(const struct nlmsghdr *nlh)
+bool nfd_is_packet_msg(const struct nlmsghdr *nlh)
 {
 	return nlh->nlmsg_type == ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET);
 }
 
 /* Walk IPv6 extension headers to the upper-layer protocol; bounded by the payload and a hop count. */
-static void parse_ipv6_l4(struct nflog_record *rec)
+static void parse_ipv6_l4(struct nfd_record *rec)
 {
 	const uint8_t *p = rec->payload;
 	uint32_t len = rec->payload_len, off = 40;
@@ -76,7 +76,7 @@ static void parse_ipv6_l4(struct nflog_record *rec)
 }
 
 /* Bytes and L4 protocol from the IP header: the payload may be cut at the copy range, the header is not. */
-static void parse_ip(struct nflog_record *rec)
+static void parse_ip(struct nfd_record *rec)
 {
 	const uint8_t *p = rec->payload;
 	uint32_t len = rec->payload_len;
@@ -104,7 +104,7 @@ static void parse_ip(struct nflog_record *rec)
 	}
 }
 
-int nflog_record_parse(const struct nlmsghdr *nlh, struct nflog_record *rec)
+int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 {
 	const size_t hdrlen = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
 	const uint8_t *base = (const uint8_t *)nlh;
@@ -196,7 +196,7 @@ int nflog_record_parse(const struct nlmsghdr *nlh, struct nflog_record *rec)
 			const uint8_t *nul = memchr(v, 0, vlen);
 			size_t plen = nul ? (size_t)(nul - v) : vlen;
 			rec->prefix = v;
-			rec->prefix_len = (uint16_t)(plen > NFLOG_PREFIX_MAX ? NFLOG_PREFIX_MAX : plen);
+			rec->prefix_len = (uint16_t)(plen > NFD_PREFIX_MAX ? NFD_PREFIX_MAX : plen);
 			break;
 		}
 		default:

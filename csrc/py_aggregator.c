@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Aggregator and SeriesBudget: the Python face of agg.c. Readers take a copy under the lock and
+/* Aggregator and SeriesBudget: the Python face of agg_table.c. Readers take a copy under the lock and
  * build Python objects after releasing it, so a scrape holds up a worker only for a memcpy. */
-#include "nflog.h"
+#include "py_ext.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +70,7 @@ PyDoc_STRVAR(budget_doc,
 "A cap on distinct keys shared by several Aggregators (e.g. one per NFLOG group). A record whose\n"
 "new key would exceed it is counted in its aggregator's overflow instead.");
 
-PyTypeObject BudgetType = {
+PyTypeObject SeriesBudgetType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "nflogd.nflog.SeriesBudget",
 	.tp_basicsize = sizeof(BudgetObject),
@@ -118,7 +118,7 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 		PyErr_SetString(PyExc_ValueError, "max_keys must be within 0..4294967294");
 		return -1;
 	}
-	if (budget != Py_None && !PyObject_TypeCheck(budget, &BudgetType)) {
+	if (budget != Py_None && !PyObject_TypeCheck(budget, &SeriesBudgetType)) {
 		PyErr_SetString(PyExc_TypeError, "budget must be a SeriesBudget or None");
 		return -1;
 	}

@@ -9,13 +9,13 @@
 
 #include <linux/netlink.h>
 
-/* Bits of nflog_record.present: one per NFULA_* attribute type that was in the message. */
+/* Bits of nfd_record.present: one per NFULA_* attribute type that was in the message. */
 #define REC_HAS(rec, attr) (((rec)->present >> (attr)) & 1u)
 
 /* The kernel's prefix is at most 128 bytes with its NUL (NF_LOG_PREFIXLEN); longer is clipped. */
-#define NFLOG_PREFIX_MAX 127
+#define NFD_PREFIX_MAX 127
 
-struct nflog_record {
+struct nfd_record {
 	uint32_t present;             /* 1 << NFULA_x for each attribute seen */
 	uint8_t family;               /* nfgenmsg.nfgen_family: NFPROTO_* */
 	uint16_t group;               /* nfgenmsg.res_id */
@@ -26,7 +26,7 @@ struct nflog_record {
 	uint32_t uid, gid, seq;
 	uint16_t hwtype, hwlen;
 	int64_t ts_sec, ts_usec;
-	const uint8_t *prefix;        /* without the NUL; prefix_len <= NFLOG_PREFIX_MAX */
+	const uint8_t *prefix;        /* without the NUL; prefix_len <= NFD_PREFIX_MAX */
 	uint16_t prefix_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
@@ -41,9 +41,9 @@ struct nflog_record {
 };
 
 /* Parse one NFULNL_MSG_PACKET message. Returns 0, or -EBADMSG when a length is inconsistent. */
-int nflog_record_parse(const struct nlmsghdr *nlh, struct nflog_record *rec);
+int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec);
 
 /* Is nlh an NFLOG packet message (type NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET)? */
-bool nflog_is_packet_msg(const struct nlmsghdr *nlh);
+bool nfd_is_packet_msg(const struct nlmsghdr *nlh);
 
 #endif

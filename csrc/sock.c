@@ -20,10 +20,10 @@
 #include <libnetfilter_log/libnetfilter_log.h>
 
 #define CONFIG_SEQ 1    /* the bind, acknowledged */
-#define RECONFIG_SEQ 2  /* nflog_sock_configure: answered only when refused */
+#define RECONFIG_SEQ 2  /* nfd_sock_configure: answered only when refused */
 #define ACK_TIMEOUT_MS 5000
 
-uint32_t nflog_nlbuf_min(void)
+uint32_t nfd_nlbuf_min(void)
 {
 	long page = sysconf(_SC_PAGESIZE);
 	return page > 0 && page < 8192 ? (uint32_t)page : 8192u;
@@ -41,7 +41,7 @@ static size_t recv_buffer_size(uint32_t nlbuf)
 
 /* One message binds the group and sets everything, so no half-configured state is ever visible.
  * Without bind it re-configures the instance this socket holds, keeping its queued batch. */
-static int send_config(struct nflog_sock *s, const struct nflog_config *cfg, bool bind)
+static int send_config(struct nfd_sock *s, const struct nfd_config *cfg, bool bind)
 {
 	/* Zeroed: libmnl 1.0.4 (Debian 12) leaves attribute padding as it finds it, so stack bytes
 	 * would go to the kernel (valgrind: "sendto(msg) points to uninitialised byte(s)"). */
@@ -70,15 +70,15 @@ static int send_config(struct nflog_sock *s, const struct nflog_config *cfg, boo
 
 /* Wait for the bind's acknowledgement. Log data can overtake it (the group is live as soon as it is
  * bound): such a datagram proves the bind worked and is kept for the first read. */
-static int wait_ack(struct nflog_sock *s)
+static int wait_ack(struct nfd_sock *s)
 {
 	for (;;) {
-		int r = nflog_sock_wait(s, ACK_TIMEOUT_MS);
+		int r = nfd_sock_wait(s, ACK_TIMEOUT_MS);
 		if (r == 0)
 			return -ETIMEDOUT;
 		if (r < 0 && r != -EINTR)
 			return r;
-		ssize_t len = nflog_sock_recv(s);
+		ssize_t len = nfd_sock_recv(s);
 		if (len < 0 && len != -ENOBUFS && len != -EMSGSIZE)
 			return (int)len;
 		if (len <= 0)
@@ -94,7 +94,7 @@ static int wait_ack(struct nflog_sock *s)
 					return -EBADMSG;
 				return e->error;
 			}
-			if (nflog_is_packet_msg(nlh)) {
+			if (nfd_is_packet_msg(nlh)) {
 				s->datagrams++;
 				s->pending = total;  /* the whole datagram, from its start */
 				return 0;
@@ -103,7 +103,7 @@ static int wait_ack(struct nflog_sock *s)
 	}
 }
 
-int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg)
+int nfd_sock_open(struct nfd_sock *s, const struct nfd_config *cfg)
 {
 	struct sockaddr_nl local = {.nl_family = AF_NETLINK};
 	int one = 1, r;
@@ -113,7 +113,7 @@ int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg)
 	s->group = cfg->group;
 	s->seq = cfg->seq;
 	/* Sized for the largest nlbuf, whatever this one is: configure() may raise it later. */
-	s->bufsize = recv_buffer_size(NFLOG_NLBUF_MAX);
+	s->bufsize = recv_buffer_size(NFD_NLBUF_MAX);
 	s->buf = malloc(s->bufsize);
 	if (!s->buf)
 		return -ENOMEM;
@@ -126,7 +126,7 @@ int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg)
 	if (cfg->enobufs == ENOBUFS_DISABLE &&
 	    setsockopt(s->fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof(one)) < 0)
 		goto fail_errno;
-	if (cfg->rcvbuf > 0 && (r = nflog_sock_set_rcvbuf(s, cfg->rcvbuf)) < 0)
+	if (cfg->rcvbuf > 0 && (r = nfd_sock_set_rcvbuf(s, cfg->rcvbuf)) < 0)
 		goto fail;
 	if ((r = send_config(s, cfg, true)) < 0 || (r = wait_ack(s)) < 0)
 		goto fail;
@@ -135,18 +135,18 @@ int nflog_sock_open(struct nflog_sock *s, const struct nflog_config *cfg)
 fail_errno:
 	r = -errno;
 fail:
-	nflog_sock_close(s);
+	nfd_sock_close(s);
 	return r;
 }
 
-int nflog_sock_configure(struct nflog_sock *s, const struct nflog_config *cfg)
+int nfd_sock_configure(struct nfd_sock *s, const struct nfd_config *cfg)
 {
 	/* No ACK asked: the kernel applies the message before sendto returns, and an ACK could not be
 	 * told apart from log data without holding up the reader. The values were validated already. */
 	return send_config(s, cfg, false);
 }
 
-void nflog_sock_close(struct nflog_sock *s)
+void nfd_sock_close(struct nfd_sock *s)
 {
 	/* Closing the socket destroys the kernel instance: the group is unbound. */
 	if (s->fd >= 0)
@@ -159,7 +159,7 @@ void nflog_sock_close(struct nflog_sock *s)
 	s->pending = 0;
 }
 
-int nflog_sock_wait(struct nflog_sock *s, int timeout_ms)
+int nfd_sock_wait(struct nfd_sock *s, int timeout_ms)
 {
 	struct pollfd fds[2] = {{.fd = s->fd, .events = POLLIN}, {.fd = s->wakefd, .events = POLLIN}};
 
@@ -175,13 +175,13 @@ int nflog_sock_wait(struct nflog_sock *s, int timeout_ms)
 	return r > 0;
 }
 
-int nflog_sock_wake(struct nflog_sock *s)
+int nfd_sock_wake(struct nfd_sock *s)
 {
 	uint64_t one = 1;
 	return write(s->wakefd, &one, sizeof(one)) < 0 ? -errno : 0;
 }
 
-ssize_t nflog_sock_recv(struct nflog_sock *s)
+ssize_t nfd_sock_recv(struct nfd_sock *s)
 {
 	struct sockaddr_nl from;
 	socklen_t fromlen = sizeof(from);
@@ -214,9 +214,9 @@ ssize_t nflog_sock_recv(struct nflog_sock *s)
 	}
 }
 
-size_t nflog_sock_dispatch(struct nflog_sock *s, size_t len, nflog_visit_fn fn, void *ctx)
+size_t nfd_sock_dispatch(struct nfd_sock *s, size_t len, nfd_visit_fn fn, void *ctx)
 {
-	struct nflog_record rec;
+	struct nfd_record rec;
 	size_t visited = 0;
 	int remaining = (int)len;
 	struct timespec now;
@@ -235,9 +235,9 @@ size_t nflog_sock_dispatch(struct nflog_sock *s, size_t len, nflog_visit_fn fn, 
 				s->config_error = e->error;
 			continue;
 		}
-		if (!nflog_is_packet_msg(nlh))
+		if (!nfd_is_packet_msg(nlh))
 			continue;  /* NLMSG_DONE ends a batch */
-		if (nflog_record_parse(nlh, &rec) < 0) {
+		if (nfd_record_parse(nlh, &rec) < 0) {
 			s->decode_errors++;
 			continue;
 		}
@@ -259,7 +259,7 @@ size_t nflog_sock_dispatch(struct nflog_sock *s, size_t len, nflog_visit_fn fn, 
 	return visited;
 }
 
-int nflog_sock_set_rcvbuf(struct nflog_sock *s, int bytes)
+int nfd_sock_set_rcvbuf(struct nfd_sock *s, int bytes)
 {
 	/* SO_RCVBUFFORCE passes rmem_max when we have CAP_NET_ADMIN, which binding needs anyway. */
 	if (setsockopt(s->fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) == 0)
@@ -269,14 +269,14 @@ int nflog_sock_set_rcvbuf(struct nflog_sock *s, int bytes)
 	return -errno;
 }
 
-int nflog_sock_get_rcvbuf(const struct nflog_sock *s)
+int nfd_sock_get_rcvbuf(const struct nfd_sock *s)
 {
 	int v = 0;
 	socklen_t l = sizeof(v);
 	return getsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &v, &l) < 0 ? -errno : v;
 }
 
-long long nflog_sock_kernel_drops(const struct nflog_sock *s)
+long long nfd_sock_kernel_drops(const struct nfd_sock *s)
 {
 	uint32_t mem[SK_MEMINFO_VARS] = {0};
 	socklen_t l = sizeof(mem);
@@ -285,7 +285,7 @@ long long nflog_sock_kernel_drops(const struct nflog_sock *s)
 	return l > SK_MEMINFO_DROPS * sizeof(uint32_t) ? (long long)mem[SK_MEMINFO_DROPS] : -ENOTSUP;
 }
 
-long nflog_group_holder(uint16_t group)
+long nfd_group_holder(uint16_t group)
 {
 	/* /proc/net is the thread group leader's namespace; this thread may have entered another. */
 	FILE *f = fopen("/proc/thread-self/net/netfilter/nfnetlink_log", "re");

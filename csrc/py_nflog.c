@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Nflog: a handle on one NFLOG group. Every wait and receive runs with the GIL released; an I/O lock
  * (always taken without the GIL) serialises readers, and close() wakes a blocked reader first. */
-#include "nflog.h"
+#include "py_ext.h"
 
 #include <errno.h>
 #include <math.h>
@@ -19,7 +19,7 @@
 
 typedef struct {
 	PyObject_HEAD
-	struct nflog_sock sock;
+	struct nfd_sock sock;
 	pthread_mutex_t io_lock;
 	int closed;              /* set under the GIL, read by readers under io_lock */
 	int enobufs;
@@ -29,7 +29,7 @@ typedef struct {
 	uint32_t *offsets;       /* per-datagram record offsets, for building NflogData */
 	size_t noffsets;
 	struct ifresolver *ifr;  /* names interfaces in the group's namespace; shared with records */
-	struct nflog_config cfg; /* as bound, updated by configure() */
+	struct nfd_config cfg; /* as bound, updated by configure() */
 } HandleObject;
 
 static PyObject *closed_error(void)
@@ -53,10 +53,10 @@ static PyObject *raise_recv_error(HandleObject *self, int r)
 	return set_error(r, "receiving from NFLOG group %u failed", self->group);
 }
 
-static PyObject *raise_open_error(int r, const struct nflog_config *cfg)
+static PyObject *raise_open_error(int r, const struct nfd_config *cfg)
 {
 	if (r == -EPERM) {
-		long holder = nflog_group_holder(cfg->group);
+		long holder = nfd_group_holder(cfg->group);
 		if (holder >= 0)
 			return set_error(r, "NFLOG group %u is taken by another process (netlink portid %ld); "
 					 "see /proc/net/netfilter/nfnetlink_log", cfg->group, holder);
@@ -69,7 +69,7 @@ static PyObject *raise_open_error(int r, const struct nflog_config *cfg)
 
 /* Check every value (the kernel acknowledges out-of-range values and ignores them: refuse them
  * here instead) and fill cfg. Returns -1 with ValueError naming the allowed range. */
-static int make_config(struct nflog_config *cfg, long group, double timeout, long qthresh,
+static int make_config(struct nfd_config *cfg, long group, double timeout, long qthresh,
 		       long rcvbuf, long nlbuf, int enobufs, int copymode, long copyrange, int seq)
 {
 	if (group < 0 || group > 65535)
@@ -80,21 +80,21 @@ static int make_config(struct nflog_config *cfg, long group, double timeout, lon
 		return PyErr_Format(PyExc_ValueError, "qthresh %ld is out of range 1..4294967295", qthresh), -1;
 	if (rcvbuf < 0 || rcvbuf > INT32_MAX)
 		return PyErr_Format(PyExc_ValueError, "rcvbuf %ld is out of range 0..2147483647", rcvbuf), -1;
-	if (nlbuf != 0 && (nlbuf < (long)nflog_nlbuf_min() || nlbuf > (long)NFLOG_NLBUF_MAX))
+	if (nlbuf != 0 && (nlbuf < (long)nfd_nlbuf_min() || nlbuf > (long)NFD_NLBUF_MAX))
 		return PyErr_Format(PyExc_ValueError, "nlbuf %ld is out of range %u..%u (or 0 for the kernel default)",
-				    nlbuf, nflog_nlbuf_min(), NFLOG_NLBUF_MAX), -1;
+				    nlbuf, nfd_nlbuf_min(), NFD_NLBUF_MAX), -1;
 	if (copymode != NFULNL_COPY_NONE && copymode != NFULNL_COPY_META && copymode != NFULNL_COPY_PACKET)
 		return PyErr_Format(PyExc_ValueError, "copymode %d is not one of COPY_NONE (0), COPY_META (1), "
 				    "COPY_PACKET (2)", copymode), -1;
-	if (copyrange < 0 || copyrange > (long)NFLOG_COPY_RANGE_MAX)
+	if (copyrange < 0 || copyrange > (long)NFD_COPY_RANGE_MAX)
 		return PyErr_Format(PyExc_ValueError, "copyrange %ld is out of range 0..%u (0 = whole packet)",
-				    copyrange, NFLOG_COPY_RANGE_MAX), -1;
+				    copyrange, NFD_COPY_RANGE_MAX), -1;
 	if (enobufs != ENOBUFS_RAISE && enobufs != ENOBUFS_HANDLE && enobufs != ENOBUFS_DISABLE)
 		return PyErr_Format(PyExc_ValueError, "enobufs %d is not one of ENOBUFS_RAISE, ENOBUFS_HANDLE, "
 				    "ENOBUFS_DISABLE", enobufs), -1;
-	*cfg = (struct nflog_config){
+	*cfg = (struct nfd_config){
 		.group = (uint16_t)group, .copymode = (uint8_t)copymode,
-		.copyrange = (uint32_t)(copyrange ? copyrange : NFLOG_COPY_RANGE_MAX),
+		.copyrange = (uint32_t)(copyrange ? copyrange : NFD_COPY_RANGE_MAX),
 		.nlbuf = (uint32_t)nlbuf, .qthresh = (uint32_t)qthresh,
 		.timeout = (uint32_t)lround(timeout * 100.0), .rcvbuf = (int)rcvbuf,
 		.enobufs = enobufs, .seq = seq,
@@ -109,7 +109,7 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	long group, qthresh = 1, rcvbuf = 0, nlbuf = 0, copyrange = 0;
 	int enobufs = ENOBUFS_RAISE, copymode = NFULNL_COPY_PACKET, seq = 0, r;
 	double timeout = 0.0;
-	struct nflog_config cfg;
+	struct nfd_config cfg;
 
 	if (self->offsets) {  /* set once a bind succeeded; a failed __init__ may be retried */
 		PyErr_SetString(PyExc_RuntimeError, "Nflog.__init__ was already called: open a new handle");
@@ -123,7 +123,7 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 			seq) < 0)
 		return -1;
 	Py_BEGIN_ALLOW_THREADS
-	r = nflog_sock_open(&self->sock, &cfg);
+	r = nfd_sock_open(&self->sock, &cfg);
 	Py_END_ALLOW_THREADS
 	if (r < 0) {
 		self->closed = 1;
@@ -136,7 +136,7 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	self->ifr = self->offsets ? ifresolver_new() : NULL;
 	if (!self->ifr) {
 		int e = self->offsets ? errno : ENOMEM;
-		nflog_sock_close(&self->sock);
+		nfd_sock_close(&self->sock);
 		free(self->offsets);
 		self->offsets = NULL;
 		self->closed = 1;
@@ -175,10 +175,10 @@ static void do_close(HandleObject *self)
 		return;
 	self->closed = 1;
 	/* Wake a reader blocked in poll, then wait for it to leave before the fds go away. */
-	nflog_sock_wake(&self->sock);
+	nfd_sock_wake(&self->sock);
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
-	nflog_sock_close(&self->sock);
+	nfd_sock_close(&self->sock);
 	pthread_mutex_unlock(&self->io_lock);
 	Py_END_ALLOW_THREADS
 	/* Records already made keep their own reference. */
@@ -190,7 +190,7 @@ static void handle_dealloc(HandleObject *self)
 {
 	if (!self->closed) {
 		self->closed = 1;
-		nflog_sock_close(&self->sock);  /* no other reference: nobody can be reading */
+		nfd_sock_close(&self->sock);  /* no other reference: nobody can be reading */
 	}
 	ifresolver_decref(self->ifr);
 	if (self->offsets) {
@@ -208,7 +208,7 @@ struct collect_ctx {
 	size_t n;
 };
 
-static int collect_offset(void *ctx, const struct nflog_record *rec, const struct nlmsghdr *nlh)
+static int collect_offset(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
 {
 	struct collect_ctx *c = ctx;
 	(void)rec;
@@ -232,15 +232,15 @@ static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
 	if (self->sock.fd < 0) {
 		r = -ECANCELED;
 	} else {
-		r = nflog_sock_wait(&self->sock, timeout_ms);
+		r = nfd_sock_wait(&self->sock, timeout_ms);
 		if (r > 0) {
 			/* A handled ENOBUFS or a discarded truncated datagram is not the end of the data:
 			 * read on, or next(wait=False) would say "nothing" with the queue still full. */
 			do
-				len = nflog_sock_recv(&self->sock);
+				len = nfd_sock_recv(&self->sock);
 			while (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE));
 			if (len > 0)
-				nflog_sock_dispatch(&self->sock, (size_t)len, collect_offset, &ctx);
+				nfd_sock_dispatch(&self->sock, (size_t)len, collect_offset, &ctx);
 		}
 	}
 	Py_END_ALLOW_THREADS
@@ -392,7 +392,7 @@ static PyObject *handle_iternext(HandleObject *self)
 
 /* ---- aggregating in C -------------------------------------------------------------------- */
 
-static int fold_record(void *ctx, const struct nflog_record *rec, const struct nlmsghdr *nlh)
+static int fold_record(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
 {
 	(void)nlh;
 	agg_fold(ctx, rec);
@@ -434,9 +434,9 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	Py_INCREF(agg);  /* the table must outlive the unlocked section */
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
-	r = self->sock.fd < 0 ? -ECANCELED : nflog_sock_wait(&self->sock, timeout_ms);
+	r = self->sock.fd < 0 ? -ECANCELED : nfd_sock_wait(&self->sock, timeout_ms);
 	for (int i = 0; r > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
-		len = nflog_sock_recv(&self->sock);
+		len = nfd_sock_recv(&self->sock);
 		if (len == 0)
 			break;
 		if (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
@@ -444,7 +444,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		if (len < 0)
 			break;
 		pthread_mutex_lock(&t->lock);
-		folded += nflog_sock_dispatch(&self->sock, (size_t)len, fold_record, t);
+		folded += nfd_sock_dispatch(&self->sock, (size_t)len, fold_record, t);
 		pthread_mutex_unlock(&t->lock);
 	}
 	refused = self->sock.config_error;
@@ -479,11 +479,11 @@ static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *
 	static char *kwlist[] = {"timeout", "qthresh", "nlbuf", "copymode", "copyrange", NULL};
 	PyObject *timeout_o = Py_None, *qthresh_o = Py_None, *nlbuf_o = Py_None, *mode_o = Py_None,
 		 *range_o = Py_None;
-	const struct nflog_config *cur = &self->cfg;
+	const struct nfd_config *cur = &self->cfg;
 	double timeout = cur->timeout / 100.0;
 	long qthresh = cur->qthresh, nlbuf = cur->nlbuf, copymode = cur->copymode,
 	     copyrange = cur->copyrange;
-	struct nflog_config cfg;
+	struct nfd_config cfg;
 	int r;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOOO:configure", kwlist, &timeout_o, &qthresh_o,
@@ -503,7 +503,7 @@ static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *
 			(int)copymode, copyrange, cur->seq) < 0)
 		return NULL;
 	/* Under the GIL: close() flags the handle under the GIL before it closes the fd. */
-	r = nflog_sock_configure(&self->sock, &cfg);
+	r = nfd_sock_configure(&self->sock, &cfg);
 	if (r < 0)
 		return set_error(r, "cannot configure NFLOG group %u", self->group);
 	self->cfg = cfg;
@@ -585,7 +585,7 @@ enum { C_RECEIVED, C_LOST, C_TRUNCATED, C_DECODE, C_DATAGRAMS };
 
 static PyObject *get_counter(HandleObject *self, void *which)
 {
-	const struct nflog_sock *s = &self->sock;
+	const struct nfd_sock *s = &self->sock;
 	uint64_t v;
 	switch ((intptr_t)which) {
 	case C_RECEIVED: v = __atomic_load_n(&s->received, __ATOMIC_RELAXED); break;
@@ -620,7 +620,7 @@ static PyObject *get_rcvbuf(HandleObject *self, void *c)
 	(void)c;
 	if (self->closed)
 		return closed_error();
-	int v = nflog_sock_get_rcvbuf(&self->sock);
+	int v = nfd_sock_get_rcvbuf(&self->sock);
 	if (v < 0)
 		return set_error(v, "cannot read the receive buffer size");
 	return PyLong_FromLong(v);
@@ -639,7 +639,7 @@ static int set_rcvbuf(HandleObject *self, PyObject *v, void *c)
 	}
 	if (self->closed)
 		return closed_error(), -1;
-	r = nflog_sock_set_rcvbuf(&self->sock, (int)bytes);
+	r = nfd_sock_set_rcvbuf(&self->sock, (int)bytes);
 	if (r < 0)
 		return set_error(r, "cannot set the receive buffer to %ld bytes", bytes), -1;
 	return 0;
@@ -650,7 +650,7 @@ static PyObject *get_kernel_drops(HandleObject *self, void *c)
 	(void)c;
 	if (self->closed)
 		return closed_error();
-	long long v = nflog_sock_kernel_drops(&self->sock);
+	long long v = nfd_sock_kernel_drops(&self->sock);
 	if (v < 0)
 		return set_error((int)v, "cannot read the socket's drop counter");
 	return PyLong_FromLongLong(v);
@@ -724,7 +724,7 @@ PyDoc_STRVAR(handle_doc,
 "enobufs=0 is ENOBUFS_RAISE, copymode=2 is COPY_PACKET). Iterating yields records until the\n"
 "handle is closed; it is a context manager that closes on exit.");
 
-PyTypeObject HandleType = {
+PyTypeObject NflogType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "nflogd.nflog.Nflog",
 	.tp_basicsize = sizeof(HandleObject),

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* nflogd._nflog: read netfilter NFLOG groups through libnetfilter_log, as objects or aggregated in C. */
-#include "nflog.h"
+#include "py_ext.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -85,9 +85,9 @@ PyMODINIT_FUNC PyInit__nflog(void)
 			  "The handle was closed.") < 0 ||
 	    add_exception(m, &NflogRetryError, "NflogRetryError", NflogError,
 			  "A transient failure: the call may be retried.") < 0 ||
-	    add_type(m, &HandleType, "Nflog") < 0 || add_type(m, &DataType, "NflogData") < 0 ||
+	    add_type(m, &NflogType, "Nflog") < 0 || add_type(m, &NflogDataType, "NflogData") < 0 ||
 	    add_type(m, &AggregatorType, "Aggregator") < 0 ||
-	    add_type(m, &BudgetType, "SeriesBudget") < 0)
+	    add_type(m, &SeriesBudgetType, "SeriesBudget") < 0)
 		goto fail;
 
 	if (PyModule_AddIntConstant(m, "ENOBUFS_RAISE", ENOBUFS_RAISE) < 0 ||
@@ -96,10 +96,10 @@ PyMODINIT_FUNC PyInit__nflog(void)
 	    PyModule_AddIntConstant(m, "COPY_NONE", NFULNL_COPY_NONE) < 0 ||
 	    PyModule_AddIntConstant(m, "COPY_META", NFULNL_COPY_META) < 0 ||
 	    PyModule_AddIntConstant(m, "COPY_PACKET", NFULNL_COPY_PACKET) < 0 ||
-	    PyModule_AddIntConstant(m, "COPY_RANGE_MAX", NFLOG_COPY_RANGE_MAX) < 0 ||
-	    PyModule_AddIntConstant(m, "NLBUF_MIN", nflog_nlbuf_min()) < 0 ||
-	    PyModule_AddIntConstant(m, "NLBUF_MAX", NFLOG_NLBUF_MAX) < 0 ||
-	    PyModule_AddIntConstant(m, "PREFIX_MAX", NFLOG_PREFIX_MAX) < 0 ||
+	    PyModule_AddIntConstant(m, "COPY_RANGE_MAX", NFD_COPY_RANGE_MAX) < 0 ||
+	    PyModule_AddIntConstant(m, "NLBUF_MIN", nfd_nlbuf_min()) < 0 ||
+	    PyModule_AddIntConstant(m, "NLBUF_MAX", NFD_NLBUF_MAX) < 0 ||
+	    PyModule_AddIntConstant(m, "PREFIX_MAX", NFD_PREFIX_MAX) < 0 ||
 	    PyModule_AddStringConstant(m, "LIBNETFILTER_LOG_VERSION", LIBNETFILTER_LOG_VERSION) < 0)
 		goto fail;
 

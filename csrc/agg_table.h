@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Fold records into packet/byte counters keyed by chosen fields: one hash lookup per record, no
  * allocation once a key exists. Pure C; the caller holds agg->lock around fold and copy. */
-#ifndef NFLOGD_AGG_H
-#define NFLOGD_AGG_H
+#ifndef NFLOGD_AGG_TABLE_H
+#define NFLOGD_AGG_TABLE_H
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -30,7 +30,7 @@ struct agg_key {
 	uint16_t group, hwproto;
 	uint8_t family, proto, hook, flags;
 	uint8_t prefix_len, pad[3];
-	char prefix[NFLOG_PREFIX_MAX + 1];
+	char prefix[NFD_PREFIX_MAX + 1];
 };
 #define AGG_KEY_FIXED offsetof(struct agg_key, prefix)
 
@@ -61,7 +61,7 @@ struct agg_table {
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
 void agg_destroy(struct agg_table *t);
 /* Count one record; the caller holds t->lock. */
-void agg_fold(struct agg_table *t, const struct nflog_record *rec);
+void agg_fold(struct agg_table *t, const struct nfd_record *rec);
 /* Drop all keys (returning them to the budget); the caller holds t->lock. */
 void agg_clear(struct agg_table *t);
 

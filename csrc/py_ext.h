@@ -1,16 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Shared declarations of the Python side of nflogd._nflog. */
-#ifndef NFLOGD_NFLOG_H
-#define NFLOGD_NFLOG_H
+#ifndef NFLOGD_PY_EXT_H
+#define NFLOGD_PY_EXT_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "agg.h"
+#include "agg_table.h"
 #include "record.h"
 
 extern PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError;
-extern PyTypeObject HandleType, DataType, AggregatorType, BudgetType;
+extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType;
 
 /* Raise the exception that fits a negative errno, with a message; returns NULL for `return set_error(...)`. */
 PyObject *set_error(int negerr, const char *fmt, ...);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* NflogData: one record, holding its own copy of the message; values are built when read. */
-#include "nflog.h"
+#include "py_ext.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -18,7 +18,7 @@
 typedef struct {
 	PyObject_VAR_HEAD
 	struct ifresolver *ifr;   /* the reading handle's namespace; NULL until set */
-	struct nflog_record rec;  /* pointers into msg */
+	struct nfd_record rec;  /* pointers into msg */
 	_Alignas(8) uint8_t msg[1];
 } DataObject;
 
@@ -49,13 +49,13 @@ void ifresolver_decref(struct ifresolver *r)
 
 PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr)
 {
-	DataObject *d = PyObject_NewVar(DataObject, &DataType, nlh->nlmsg_len);
+	DataObject *d = PyObject_NewVar(DataObject, &NflogDataType, nlh->nlmsg_len);
 	if (!d)
 		return NULL;
 	d->ifr = NULL;
 	memcpy(d->msg, nlh, nlh->nlmsg_len);
 	/* Parsed again from our own copy so every pointer stays valid as long as the object. */
-	if (nflog_record_parse((const struct nlmsghdr *)d->msg, &d->rec) < 0) {
+	if (nfd_record_parse((const struct nlmsghdr *)d->msg, &d->rec) < 0) {
 		Py_DECREF(d);
 		return set_error(-EBADMSG, "malformed NFLOG message");
 	}
@@ -171,7 +171,7 @@ static PyObject *get_seq(PyObject *self, void *c)
 
 static PyObject *get_timestamp(PyObject *self, void *c)
 {
-	const struct nflog_record *r = REC(self);
+	const struct nfd_record *r = REC(self);
 	(void)c;
 	if (!REC_HAS(r, NFULA_TIMESTAMP))
 		Py_RETURN_NONE;
@@ -181,7 +181,7 @@ static PyObject *get_timestamp(PyObject *self, void *c)
 /* Devices: the name (resolved now) and the raw index. closure selects which of the four. */
 static uint32_t dev_index(PyObject *self, void *which)
 {
-	const struct nflog_record *r = REC(self);
+	const struct nfd_record *r = REC(self);
 	switch ((intptr_t)which) {
 	case 0: return r->indev;
 	case 1: return r->outdev;
@@ -223,7 +223,7 @@ static PyObject *get_payload(PyObject *self, void *c)
 
 static PyObject *get_prefix(PyObject *self, void *c)
 {
-	const struct nflog_record *r = REC(self);
+	const struct nfd_record *r = REC(self);
 	(void)c;
 	if (!r->prefix)
 		Py_RETURN_NONE;
@@ -301,7 +301,7 @@ static PyObject *data_iter(PyObject *self)
 
 static PyObject *data_repr(PyObject *self)
 {
-	const struct nflog_record *r = REC(self);
+	const struct nfd_record *r = REC(self);
 	PyObject *prefix = get_prefix(self, NULL), *s;
 	if (!prefix)
 		return NULL;
@@ -315,7 +315,7 @@ PyDoc_STRVAR(data_doc,
 "One NFLOG record. Read-only attributes; every attribute the kernel did not send is None.\n"
 "dict(data) gives all of them.");
 
-PyTypeObject DataType = {
+PyTypeObject NflogDataType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "nflogd.nflog.NflogData",
 	.tp_basicsize = offsetof(DataObject, msg),
