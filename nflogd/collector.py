@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from . import __version__
 from .config import Config, GroupConfig, classify
-from .httpserver import ServerStats
+from .http.stats import ServerStats
 from .ifnames import InterfaceNames
 from .nflog import FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES
 from .worker import GroupWorker, WorkerStats
