@@ -10,7 +10,7 @@ def show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
     """A listening socket. "" is every address: dual-stack IPv6 when available, else IPv4."""
     name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     shown = show(name, port)

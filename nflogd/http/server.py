@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
 import logging
 import resource
 import socket
@@ -27,6 +28,8 @@ from .tls import TLSContexts
 __all__ = ["MetricsServer"]
 
 log = logging.getLogger("nflogd.http")
+
+ACCEPT_BATCH = 64  # connections accepted per turn of the event loop
 
 
 def _always_ready() -> tuple[bool, str]:
@@ -169,18 +172,14 @@ class MetricsServer:
         registry: set[Connection] = set()
         self._registry = registry
         handler = Handler(self._ctx)
-        servers: list[asyncio.AbstractServer] = []
         try:
             for sock in self._listeners:
-                servers.append(loop.run_until_complete(loop.create_server(
-                    lambda: Connection(self._ctx, handler, registry), sock=sock,
-                    backlog=1024)))
+                loop.add_reader(sock, self._accept, sock, handler)
         except BaseException as e:  # noqa: BLE001 -- handed to start()
             failure.append(e)
             loop.close()
             started.set()
             return
-        self._servers = servers
         started.set()
         try:
             loop.run_forever()
@@ -190,8 +189,9 @@ class MetricsServer:
     async def _shutdown(self) -> None:
         ctx = self._ctx
         ctx.stopping = True
-        for server in self._servers:
-            server.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock)
         for conn in list(self._registry):
             conn.abort()
         for _ in range(3):  # let the transports run their close callbacks
@@ -202,6 +202,42 @@ class MetricsServer:
         if tasks:
             await asyncio.wait(tasks, timeout=0.2)
         asyncio.get_running_loop().stop()
+
+    def _accept(self, listener: socket.socket, handler: Handler) -> None:
+        """Accept a bounded batch per turn of the loop (asyncio's create_server would take up to
+        its backlog at once): fewer than `max_pending`, so a connection accepted in this batch is
+        read before a flood of newer ones could evict it. Out of descriptors, accepting pauses
+        briefly instead of spinning or logging per attempt."""
+        loop = asyncio.get_running_loop()
+        for _ in range(max(1, min(ACCEPT_BATCH, self._limits.max_pending // 2))):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._ctx.throttle(logging.WARNING, "accept", "cannot accept connections: %s",
+                                       e.strerror)
+                    loop.remove_reader(listener)
+                    loop.call_later(0.1, self._resume_accept, listener, handler)
+                return  # ECONNABORTED and the like: that client is gone
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            loop.create_task(self._connect(sock, handler))
+
+    def _resume_accept(self, listener: socket.socket, handler: Handler) -> None:
+        if not self._ctx.stopping:
+            asyncio.get_running_loop().add_reader(listener, self._accept, listener, handler)
+
+    async def _connect(self, sock: socket.socket, handler: Handler) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: Connection(self._ctx, handler, self._registry), sock)
+        except (OSError, asyncio.CancelledError):  # stopping: the socket is ours to close
+            sock.close()
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio's own reports (a client's TLS alert, a reset during a write, ...) are about

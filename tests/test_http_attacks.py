@@ -1,0 +1,152 @@
+"""Issue 10's attack table, rerun against a real server (10k series, rendered per scrape) in its own
+process, with the attacker and the legitimate scraper in two more: during each attack a scrape
+every 0.25 s on a fresh connection must succeed (complete 200) within 2 s at least 95 % of the
+time. Threads and memory of the server stay bounded throughout.
+
+The plain server has no auth (the default set-up); the TLS one has basic auth, and its scraper
+has scraped once before the attack (as Prometheus has), so its credentials are cached.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from http_support import htpasswd, pki, tools  # noqa: F401 -- fixtures
+from netns import REPO, VENV_PYTHON
+
+TOOLS = str(REPO / "tests" / "http_attack_tools.py")
+SCRAPES = 20  # 5 s of scraping per attack: 19 of 20 is 95 %
+MIN_OK = 0.95
+PASSWORD = "s3cret-scraper"
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[str], ports: dict[str, int], cfg: dict[str, Any]):
+        self.proc, self.ports, self.cfg = proc, ports, cfg
+
+    def report(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+
+@pytest.fixture(scope="module")
+def server(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    d = tmp_path_factory.mktemp("attack")
+    web = d / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki / 'server.pem'}\n"
+                   f"  key_file: {pki / 'server.key'}\n"
+                   f"basic_auth_users:\n  alice: {htpasswd('alice', PASSWORD, cost=10)}\n")
+    cfg = {"web_config": str(web), "ca": str(pki / "ca.pem"), "user": "alice",
+           "password": PASSWORD}
+    proc = subprocess.Popen([VENV_PYTHON, TOOLS, "serve", json.dumps(cfg)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(d / "server.log", "w"), cwd=REPO)
+    assert proc.stdout is not None
+    ports = json.loads(proc.stdout.readline())
+    srv = Server(proc, ports, cfg)
+    yield srv
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(10)
+    finally:
+        proc.kill()
+    log = (d / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def scrape(srv: Server, which: str, count: int) -> list[tuple[int, float]]:
+    cfg = {**srv.cfg, "port": srv.ports[which], "tls": which == "tls", "count": count}
+    out = subprocess.run([VENV_PYTHON, TOOLS, "scrape", json.dumps(cfg)], capture_output=True,
+                         text=True, timeout=count * 3 + 30, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return [tuple(r) for r in json.loads(out.stdout)]  # type: ignore[misc]
+
+
+def under_attack(srv: Server, which: str, kind: str, n: int, count: int = SCRAPES,
+                 ramp: float = 1.0) -> list[tuple[int, float]]:
+    """Start the attack, wait until it is in place, scrape `count` times, end the attack."""
+    scrape(srv, which, 1)  # scraped before: a warm credential cache, as with Prometheus
+    duration = ramp + count * 0.25 + 3
+    depth = 8 if kind == "pipeline8" else 3
+    cfg = {**srv.cfg, "kind": kind.rstrip("8"), "port": srv.ports[which], "n": n,
+           "duration": duration, "ramp": ramp, "depth": depth}
+    attacker = subprocess.Popen([VENV_PYTHON, TOOLS, "attack", json.dumps(cfg)], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        assert attacker.stdout is not None
+        assert attacker.stdout.readline().strip() == "ready", attacker.stderr.read()  # type: ignore[union-attr]
+        results = scrape(srv, which, count)
+    finally:
+        attacker.kill()
+        _, err = attacker.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]
+    return results
+
+
+def assert_served(results: list[tuple[int, float]], what: str) -> None:
+    ok = [r for r in results if r[0] == 200 and r[1] < 2.0]
+    slowest = max(t for _, t in results)
+    assert len(ok) >= MIN_OK * len(results), \
+        f"{what}: {len(ok)} of {len(results)} scrapes succeeded within 2 s; {results}"
+    print(f"{what}: {len(ok)}/{len(results)} ok, slowest {slowest:.2f} s")
+
+
+def wait_quiet(srv: Server, timeout: float = 15.0) -> dict[str, Any]:
+    """The attacker is gone: the server lets its connections go, back to a few descriptors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rep = srv.report()
+        if rep["plain"]["open"] + rep["tls"]["open"] == 0 or time.monotonic() > deadline:
+            return rep
+
+
+def delta(before: dict[str, Any], after: dict[str, Any], key: str) -> int:
+    if key.startswith("code"):
+        code = key[4:]
+        return int(after["requests"].get(code, 0)) - int(before["requests"].get(code, 0))
+    return int(after[key]) - int(before[key])
+
+
+ATTACKS = [
+    # (server, attack, clients, proof that the attack was in place: counter -> at least)
+    ("plain", "pipeline", 70, {"code200": 70, "evicted": 70 - 64}),  # 3 GETs, never read
+    # 8 responses (6 MB) are more than the kernel's socket buffers take: stuck writers
+    ("plain", "pipeline8", 70, {"code200": 70, "evicted": 70 - 64}),
+    ("tls", "half_tls", 300, {"accepted": 300}),  # half a ClientHello, reconnect when closed
+    ("plain", "slowloris", 400, {"accepted": 400}),
+    ("plain", "slowloris", 150, {"accepted": 150}),
+    ("plain", "idle", 1500, {"evicted": 1500 - 512}),  # idle, reconnecting when closed
+    ("tls", "wrong_password", 64, {"auth_failures": 10, "code503": 64}),  # keep-alive
+]
+
+
+@pytest.mark.parametrize("which,kind,n,proof", ATTACKS,
+                         ids=[f"{k}-{n}" for _, k, n, _ in ATTACKS])
+def test_attack_leaves_scrapes_served(server: Server, which: str, kind: str, n: int,
+                                      proof: dict[str, int]) -> None:
+    before = server.report()[which]
+    assert_served(under_attack(server, which, kind, n), f"{kind} x{n} on {which}")
+    rep = wait_quiet(server)
+    for key, least in proof.items():  # the attack did what it says, or this proves nothing
+        assert delta(before, rep[which], key) >= least, (key, before, rep[which])
+    assert rep["peak_threads"] <= 12, rep  # loop + 2 render + 1 bcrypt per server, + watcher
+    assert rep["fds"] < 64, rep  # everything the attack opened was let go
+    assert rep["max_rss_kib"] < 400_000, rep
+
+
+def test_burst_of_idle_and_half_open_then_scrapes(server: Server) -> None:
+    # 200 idle TCP + 20 half-open TLS opened at once; the next scrapes (the first right away)
+    before = server.report()["tls"]
+    assert_served(under_attack(server, "tls", "burst", 220, count=12, ramp=0.0),
+                  "burst of 200 idle + 20 half-open TLS")
+    rep = wait_quiet(server)
+    assert delta(before, rep["tls"], "accepted") >= 220 + 12
