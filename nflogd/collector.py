@@ -11,11 +11,14 @@ from __future__ import annotations
 import platform
 import re
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as generate_openmetrics,
+)
 
 from . import __version__
 from .config import Config, GroupConfig, classify
@@ -28,7 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # What Prometheus asks for first; prometheus_client 0.16 (Debian 12) still names version 0.0.1.
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # OpenMetrics names a counter family without the _total its samples carry.
-_OM_COUNTER_META = re.compile(r"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.M)
+_OM_COUNTER_META = re.compile(r"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
 OVERFLOW = "__overflow__"
 
 # The aggregation field behind each label (action is derived from the prefix).

@@ -6,26 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import logging
-import os
-import re
 import resource
 import secrets
-import selectors
 import shutil
 import socket
 import ssl
-import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from nflogd.http import Limits, MetricsServer
-from nflogd.webconfig import WebConfigError, load_web_config
+from nflogd.webconfig import load_web_config
 
 BODY = b"".join(b'nflog_packets_total{group="0",prefix="drop %d"} %d\n' % (i, i * 7)
                 for i in range(200))
@@ -39,8 +35,8 @@ def render(accept: str | None) -> tuple[bytes, str]:
 
 # --- fixtures: tools, PKI, servers ---------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def tools() -> None:
+@pytest.fixture(scope="session", name="tools")
+def tools_fixture() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:  # fail, never skip: these tests are the proof that TLS and auth work
         pytest.fail(f"missing tools {missing}: apt-get install curl openssl apache2-utils")
@@ -67,8 +63,8 @@ def _make_leaf(d: Path, name: str, ca: str, san: str, usage: str) -> None:
              "-extfile", f"{name}.ext", cwd=d)
 
 
-@pytest.fixture(scope="session")
-def pki(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="pki")
+def pki_fixture(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     _make_ca(d, "ca")
     _make_ca(d, "ca2")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from http_support import htpasswd, pki, tools  # noqa: F401 -- fixtures
+from http_support import htpasswd
+from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
 from netns import REPO, VENV_PYTHON
 
 TOOLS = str(REPO / "tests" / "http_attack_tools.py")

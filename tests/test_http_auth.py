@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from http_support import BODY, curl, htpasswd, http_get, serving, web_config
+from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
 
 from nflogd.http import auth
-from http_support import (  # noqa: F401 -- fixtures
-    tools, pki, BODY, serving, web_config, curl, http_get, htpasswd)
-
 
 # --- basic auth ------------------------------------------------------------------------------------
 
@@ -91,3 +90,31 @@ def test_rate_limit(tmp_path: Path, tools: None) -> None:
     with serving(cfg) as srv:
         statuses = [http_get(srv.address[1]).status for _ in range(3)]
         assert statuses == [200, 200, 429]
+
+
+def test_start_and_reload_do_not_wait_for_the_dummy_hash(tmp_path: Path) -> None:
+    # A hash of cost 14 (no password matches it: only its cost matters here). Its dummy twin
+    # is made on the bcrypt thread; start() and reload() must not wait for it (cost 16 took
+    # 4.8 s before the endpoint listened).
+    t0 = time.monotonic()
+    auth.bcrypt.hashpw(b"x", auth.bcrypt.gensalt(14))
+    one_hash = time.monotonic() - t0
+    assert one_hash > 0.5  # else this test would prove nothing
+    fake = "$2b$14$" + "A" * 53
+    cfg = web_config(tmp_path, f"basic_auth_users:\n  alice: {fake}\n"
+                               "basic_auth_excluded_paths: [/-/healthy]\n")
+    from nflogd.webconfig import load_web_config
+    t0 = time.monotonic()
+    with serving(cfg) as srv:
+        started = time.monotonic() - t0
+        assert http_get(srv.address[1], "/-/healthy").status == 200
+        answered = time.monotonic() - t0
+        t1 = time.monotonic()
+        srv.reload(load_web_config(web_config(tmp_path, fake.join(("basic_auth_users:\n  bob: ",
+                                                                      "\n")), "web2.yml")))
+        reloaded = time.monotonic() - t1
+        assert http_get(srv.address[1]).status == 401  # no credentials: no bcrypt needed
+        t2 = time.monotonic()
+    assert time.monotonic() - t2 < 0.5  # stop() does not wait for the bcrypt thread either
+    assert started < 0.3 and answered < 0.5 and reloaded < 0.1, (started, answered, reloaded,
+                                                                  one_hash)

@@ -9,7 +9,9 @@ import urllib.request
 
 from conftest import RunningDaemon, promtool_check
 from netns import VENV_PYTHON, Netns
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as om_families,
+)
 
 # What Prometheus 2.x sends first
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"

@@ -4,7 +4,6 @@ real clients: curl, raw sockets, Python's http.client and ssl."""
 from __future__ import annotations
 
 import http.client
-import resource
 import selectors
 import socket
 import ssl
@@ -13,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from http_support import (BODY, CTYPE, _raise_nofile, _wait_closed, client_ctx, curl, http_get,
+                          https_get, partial_client_hello, raw_exchange, render, serving,
+                          threading_count_is_bounded, tls_config)
+from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
 
-from http_support import (  # noqa: F401 -- fixtures
-    BODY, CTYPE, render, tools, pki, serving, tls_config, curl, client_ctx, https_get, http_get, raw_exchange, partial_client_hello, _raise_nofile, _wait_closed, threading_count_is_bounded)
 from nflogd.http import MetricsServer, listen
-
 
 # --- plain HTTP ------------------------------------------------------------------------------------
 
@@ -123,6 +123,31 @@ def test_listen_all_addresses_dual_stack_and_literals(tools: None) -> None:
         assert srv.address[0] == "127.0.0.1"
 
 
+def test_several_addresses_and_a_preopened_socket(tools: None) -> None:
+    pre = socket.socket()
+    pre.bind(("127.0.0.1", 0))
+    pre.listen(16)  # as systemd hands it over with socket activation
+    try:
+        with serving(host="::1", sockets=[pre]) as srv:  # sockets only: no address
+            assert srv.addresses == (pre.getsockname(),)
+        srv = MetricsServer([("127.0.0.1", 0), ("::1", 0)], sockets=[pre], metrics_path="/metrics",
+                            render=render)
+        srv.start()
+        try:
+            (h1, p1), (h2, p2), (h3, p3) = srv.addresses
+            assert (h1, h2, (h3, p3)) == ("127.0.0.1", "::1", pre.getsockname())
+            for url in (f"http://127.0.0.1:{p1}/metrics", f"http://[::1]:{p2}/metrics",
+                        f"http://127.0.0.1:{p3}/metrics"):
+                assert curl(url) == (0, "200", BODY), url
+        finally:
+            srv.stop()
+        assert pre.fileno() != -1 and pre.getsockname()[1] == p3  # still the caller's
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", p1), timeout=2)
+    finally:
+        pre.close()
+
+
 def test_bind_failure_names_the_address() -> None:
     with serving() as srv:
         port = srv.address[1]
@@ -188,6 +213,7 @@ def test_idle_and_half_handshake_do_not_delay_a_scrape(pki: Path, tmp_path: Path
             assert s.recv(100) == b""
             s.close()
         assert 1.4 < time.monotonic() - opened < 4.0
+        _wait_closed(srv)  # the count follows the close by a turn of the loop
         assert srv.stats().tls_handshake_failures == 10
 
 
@@ -205,18 +231,10 @@ def test_idle_and_partial_request_do_not_delay_a_plain_scrape(tools: None) -> No
         slow.close()
 
 
-def _raise_nofile(n: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < n:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= n, "cannot raise RLIMIT_NOFILE"
 
 
-def _wait_closed(srv: MetricsServer, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while srv.stats().connections_open and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.stats().connections_open == 0
+
+
 
 
 def test_1000_concurrent_connections_leave_it_serving(tools: None) -> None:
@@ -267,8 +285,7 @@ def test_1000_concurrent_connections_leave_it_serving(tools: None) -> None:
         assert threading_count_is_bounded()
 
 
-def threading_count_is_bounded() -> bool:
-    return threading.active_count() < 20
+
 
 
 def test_1000_stalled_tls_connections_then_serving(pki: Path, tmp_path: Path) -> None:

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from http_support import (
+    BODY, _wait_closed, client_ctx, curl, der, htpasswd, http_get, https_get, serving,
+    tls_config, web_config)
+from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
 
-from http_support import (  # noqa: F401 -- fixtures
-    tools, pki, BODY, serving, web_config, tls_config, curl, client_ctx, https_get, http_get, der, htpasswd, _wait_closed)
 from nflogd.webconfig import WebConfigError, load_web_config
-
 
 # --- TLS -------------------------------------------------------------------------------------------
 
@@ -36,7 +37,7 @@ def test_https_scrape_with_curl_and_python(pki: Path, tmp_path: Path) -> None:
 
 
 def test_inline_cert_and_key(pki: Path, tmp_path: Path) -> None:
-    indent = lambda p: "\n".join("    " + line for line in p.read_text().splitlines())  # noqa: E731
+    indent = lambda p: "\n".join("    " + line for line in p.read_text().splitlines())
     cfg = web_config(tmp_path, f"tls_server_config:\n  cert: |\n{indent(pki / 'server.pem')}\n"
                                f"  key: |\n{indent(pki / 'server.key')}\n")
     with serving(cfg) as srv:

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 import bcrypt
 

@@ -16,6 +16,7 @@ holds at most one response in our buffers (plus the kernel's socket buffer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -95,7 +96,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             self._received(data)
-        except Exception:  # a bug here must cost this connection, not the server or the log
+        except Exception:  # noqa: BLE001 -- a bug must cost this connection, not the server
             self._ctx.throttle(logging.ERROR, "bug", "%s: unexpected error; connection closed",
                                self.peer, exc_info=True)
             self.abort()
@@ -105,10 +106,8 @@ class Connection(asyncio.Protocol):
                 not self.transport.can_write_eof():  # TLS cannot stay half-open in asyncio
             self.close()  # the client is done; a half-sent request gets no answer
             return False
-        try:
+        with contextlib.suppress(h11.RemoteProtocolError):
             self._h11.receive_data(b"")
-        except h11.RemoteProtocolError:
-            pass
         return True  # answer the request under way, then close (h11 knows they closed)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -302,7 +301,7 @@ class Connection(asyncio.Protocol):
             resp = await self._handler.handle(request, self)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # noqa: BLE001 -- render() is the caller's: a 500, not a dead task
             self._ctx.throttle(logging.ERROR, "handler", "error answering %s %s",
                                request.method, request.path, exc_info=True)
             resp = plain(500, close=True)
@@ -321,16 +320,17 @@ class Connection(asyncio.Protocol):
         if close:
             fields.append(("Connection", "close"))
         try:
-            data = self._h11.send(h11.Response(status_code=resp.status, headers=fields,
-                                               reason=REASONS.get(resp.status, "")))
+            parts = [self._h11.send(h11.Response(status_code=resp.status, headers=fields,
+                                                 reason=REASONS.get(resp.status, "")))]
             if req.method != b"HEAD":
-                data += self._h11.send(h11.Data(data=resp.body)) or b""
-            data += self._h11.send(h11.EndOfMessage()) or b""
+                parts.append(self._h11.send(h11.Data(data=resp.body)))
+            parts.append(self._h11.send(h11.EndOfMessage()))
+            data = b"".join(p for p in parts if p)
         except h11.LocalProtocolError as e:  # a bug: never send a response h11 thinks is wrong
             ctx.throttle(logging.ERROR, "bug", "%s: cannot send response: %s", self.peer, e)
             self.abort()
             return
-        transport.write(data or b"")
+        transport.write(data)
         self._unsent = transport.get_write_buffer_size()
         if self._drained is not None and not self._drained.done():
             self._arm(ctx.limits.write_timeout, self._write_expired)

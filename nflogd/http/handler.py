@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from .auth import credentials
 from .context import ServerContext
@@ -59,7 +60,7 @@ class Renderer:
         if self._inflight.get(key) is fut:
             del self._inflight[key]
         if not fut.cancelled():
-            fut.exception()  # retrieved: a failure is reported by each waiter, not as "never retrieved"
+            fut.exception()  # retrieved: each waiter reports a failure, not "never retrieved"
 
     def _render(self, accept: str | None, gz: bool) -> Response:
         body, ctype = self._ctx.render(accept)
@@ -105,7 +106,7 @@ class Handler:
     def _ready(self) -> Response:
         try:
             ready, reason = self._ctx.readiness()
-        except Exception as e:  # a bug in the callable: say so, do not pretend to be ready
+        except Exception as e:  # noqa: BLE001 -- a bug in the callable: say so, not ready
             self._ctx.throttle(logging.ERROR, "readiness", "readiness check failed: %r", e)
             return plain(503, "readiness check failed\n")
         if ready:

@@ -27,7 +27,8 @@ def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
             raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {shown}: {e.strerror}") from None
         # like Go's net.Listen, one address only, IPv4 preferred for a name
         infos.sort(key=lambda i: i[0] != socket.AF_INET)
-        candidates.append((infos[0][0], infos[0][4][:2]))
+        fam, _, _, _, sockaddr = infos[0]
+        candidates.append((int(fam), (str(sockaddr[0]), int(sockaddr[1]))))
     first_error: OSError | None = None
     for family, addr in candidates:
         try:

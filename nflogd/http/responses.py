@@ -6,11 +6,10 @@ import email.utils
 import gzip
 import html
 from dataclasses import dataclass
-from typing import Tuple
 
 from .. import __version__
 
-Headers = Tuple[Tuple[str, str], ...]
+Headers = tuple[tuple[str, str], ...]
 TEXT = "text/plain; charset=utf-8"
 HEALTHY_PATH = "/-/healthy"
 READY_PATH = "/-/ready"
@@ -48,14 +47,15 @@ def plain(status: int, text: str | None = None, headers: Headers = (),
 
 
 def landing_page(metrics_path: str) -> bytes:
-    links = "".join(f"<li><a href=\"{html.escape(p, quote=True)}\">{html.escape(p)}</a> {what}</li>\n"
-                    for p, what in ((metrics_path, "metrics"),
-                                    (HEALTHY_PATH, "200 while nflogd serves"),
-                                    (READY_PATH, "200 once every configured group is bound")))
+    links = "".join(
+        f"<li><a href=\"{html.escape(p, quote=True)}\">{html.escape(p)}</a> {what}</li>\n"
+        for p, what in ((metrics_path, "metrics"), (HEALTHY_PATH, "200 while nflogd serves"),
+                        (READY_PATH, "200 once every configured group is bound")))
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">"
             f"<title>nflogd</title></head>\n<body>\n<h1>nflogd</h1>\n"
-            f"<p>Netfilter NFLOG records as Prometheus metrics (version {html.escape(__version__)})."
-            f"</p>\n<ul>\n{links}</ul>\n</body>\n</html>\n").encode()
+            f"<p>Netfilter NFLOG records as Prometheus metrics "
+            f"(version {html.escape(__version__)}).</p>\n<ul>\n{links}</ul>\n</body>\n</html>\n"
+            ).encode()
 
 
 def accepts_gzip(value: str | None) -> bool:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import logging
 import resource
 import socket
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..webconfig import WebConfig
 from .connection import Connection
@@ -171,6 +173,7 @@ class MetricsServer:
         loop.set_exception_handler(self._loop_error)
         registry: set[Connection] = set()
         self._registry = registry
+        self._connecting: set[asyncio.Task[None]] = set()
         handler = Handler(self._ctx)
         try:
             for sock in self._listeners:
@@ -222,11 +225,11 @@ class MetricsServer:
                     loop.call_later(0.1, self._resume_accept, listener, handler)
                 return  # ECONNABORTED and the like: that client is gone
             sock.setblocking(False)
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            loop.create_task(self._connect(sock, handler))
+            task = loop.create_task(self._connect(sock, handler))
+            self._connecting.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._connecting.discard)
 
     def _resume_accept(self, listener: socket.socket, handler: Handler) -> None:
         if not self._ctx.stopping:

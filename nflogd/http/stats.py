@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import ssl
 import threading
 import time
-from typing import Any, Tuple
+from typing import Any
 
 from ..webconfig import WebConfig, WebConfigError, build_ssl_context
 
 log = logging.getLogger("nflogd.http")
 
-FileSig = Tuple[Tuple[Any, ...], ...]
+FileSig = tuple[tuple[Any, ...], ...]
 
 
 def file_sig(config: WebConfig | None) -> FileSig:
@@ -35,10 +36,9 @@ def sans_match(cert: dict[str, Any], allowed: tuple[str, ...]) -> bool:
     """exporter-toolkit's client_allowed_sans: any DNS, e-mail, IP or URI SAN listed exactly."""
     for kind, value in cert.get("subjectAltName", ()):
         if kind == "IP Address":
-            try:  # Python prints IPv6 uncompressed; Go compares the compressed form
+            # Python prints IPv6 uncompressed; Go compares the compressed form
+            with contextlib.suppress(ValueError):
                 value = str(ipaddress.ip_address(value.strip()))
-            except ValueError:
-                pass
         if kind in ("DNS", "email", "IP Address", "URI") and value in allowed:
             return True
     return False
