@@ -1,9 +1,9 @@
 """One client connection: asyncio for the socket and TLS, h11 for HTTP/1.1.
 
 Why this transport: asyncio runs every socket non-blocking on one thread, so a slow or idle client
-costs a socket and a few kilobytes, never a thread; `loop.start_tls(..., ssl_handshake_timeout=)`
-gives each connection its own TLS handshake with a deadline, using the context current at accept
-(certificate rotation without restart). h11 (a well-kept, I/O-free HTTP/1.1 parser; Debian ships
+costs a socket and a few kilobytes, never a thread; `loop.connect_accepted_socket(..., ssl=,
+ssl_handshake_timeout=)` gives each connection its own TLS handshake with a deadline, using the
+context current at accept (certificate rotation without restart). h11 (a well-kept, I/O-free HTTP/1.1 parser; Debian ships
 0.14) does the request parsing, keep-alive and pipelining rules, so the only HTTP written here is
 the policy around it: deadlines, size limits and what each state may cost.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from typing import Callable
 
@@ -31,7 +30,6 @@ from .tls import sans_match
 
 _HTTPS_ON_HTTP = "Client sent an HTTPS request to an HTTP server.\n"
 _WRITE_HIGH = 64 * 1024  # above this much unsent, a connection stops taking on work
-_TIMEOUT_ERRORS = (asyncio.TimeoutError, TimeoutError)  # distinct classes before Python 3.11
 
 
 class Connection(asyncio.Protocol):
@@ -47,8 +45,7 @@ class Connection(asyncio.Protocol):
         self._since = time.monotonic()  # last progress, for the eviction policy
         self._h11 = h11.Connection(h11.SERVER,
                                    max_incomplete_event_size=ctx.limits.max_header_bytes)
-        self._tls_task: asyncio.Task[None] | None = None
-        self._tls_early: list[bytes] | None = None  # bytes that came before the TLS swap
+        self.connecting: asyncio.Task[None] | None = None  # accept to connection_made (TLS)
         self._task: asyncio.Task[None] | None = None  # the request being answered
         self._timer: asyncio.TimerHandle | None = None
         self._request: h11.Request | None = None
@@ -58,41 +55,40 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._unsent = 0  # write buffer size when last looked at, for progress()
         self._lingering = False
+        self._tls = False
         self._evicted = False
         self._gone = False
+        ctx.tally.add("accepted")
+        ctx.tally.add("open")
+        registry.add(self)
+        ctx.admission.arrive(self)  # pending from the accept on, TLS handshake included
 
     # --- asyncio callbacks ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called once the TLS handshake (if any) is done."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
         ctx = self._ctx
-        ctx.tally.add("accepted")
-        ctx.tally.add("open")
-        self._registry.add(self)
-        ctx.admission.arrive(self)
-        if self._gone:
-            return
-        if ctx.stopping:
+        if self._gone or ctx.stopping:
             self.abort()
             return
-        tls = ctx.tls.current()
-        if tls is not None:
-            transport.pause_reading()
-            self._tls_early = []
-            self._tls_task = self._loop.create_task(self._start_tls(transport, tls))
-        else:
-            self._arm(ctx.limits.header_timeout, self._head_expired)
-            transport.set_write_buffer_limits(high=_WRITE_HIGH, low=0)
+        ssl_object = transport.get_extra_info("ssl_object")
+        sans = ctx.tls.allowed_sans
+        if ssl_object is not None and sans is not None and \
+                not sans_match(ssl_object.getpeercert() or {}, sans):
+            self.handshake_failed("client certificate has none of client_allowed_sans")
+            return
+        self._tls = ssl_object is not None
+        self._since = time.monotonic()
+        transport.set_write_buffer_limits(high=_WRITE_HIGH, low=0)
+        self._arm(ctx.limits.header_timeout, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
         if self._gone or self._lingering:
-            return
-        if self._tls_early is not None:
-            self._tls_early.append(data)
             return
         try:
             self._received(data)
@@ -151,9 +147,12 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
-        """Close at once, dropping unsent data (and the TLS handshake under way)."""
+        """Close at once, dropping unsent data (or the TLS handshake under way)."""
         if self.transport is not None:
             self.transport.abort()
+        elif self.connecting is not None and not self.connecting.done() and \
+                self.connecting is not _current_task():
+            self.connecting.cancel()  # asyncio aborts the handshake and closes the socket
         self._forget()
 
     def close(self) -> None:
@@ -161,53 +160,22 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    # --- TLS ------------------------------------------------------------------------------------
+    # --- TLS ----------------------------------------------------------------------------------
 
-    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
-        ctx = self._ctx
-        try:
-            transport = await self._loop.start_tls(
-                raw, self, tls, server_side=True,
-                ssl_handshake_timeout=ctx.limits.handshake_timeout)
-        except asyncio.CancelledError:
-            raw.abort()
-            raise
-        except (OSError, ssl.SSLError, *_TIMEOUT_ERRORS) as e:
-            self._tls_failed(raw, e)
-            return
-        if transport is None or self._gone:  # closed while the handshake ran
-            raw.abort()
-            self._forget()
-            return
-        sans = ctx.tls.allowed_sans
-        ssl_object = transport.get_extra_info("ssl_object")
-        if sans is not None and not sans_match(ssl_object.getpeercert() or {}, sans):
-            transport.abort()
-            self._tls_failed(raw, "client certificate has none of client_allowed_sans")
-            return
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_WRITE_HIGH, low=0)
-        self._since = time.monotonic()
-        self._arm(ctx.limits.header_timeout, self._head_expired)
-        early, self._tls_early = self._tls_early or [], None
-        for data in early:
-            self.data_received(data)
-
-    def _tls_failed(self, raw: asyncio.Transport, why: object) -> None:
-        if not self._evicted and not self._ctx.stopping:
+    def handshake_failed(self, why: object) -> None:
+        """The TLS handshake failed or timed out, or the client certificate was refused."""
+        if not self._evicted and not self._ctx.stopping and not self._gone:
             self._ctx.tally.add("handshake_failures")
             self._ctx.throttle(logging.DEBUG, "tls", "%s: TLS handshake failed: %s", self.peer,
                                why)
-        raw.abort()
-        self._forget()
+        self.abort()
 
     # --- reading --------------------------------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
         if not data:
             return
-        if self._first and not self._got_bytes and data[:1] == b"\x16" and \
-                not self._ctx.tls.enabled:
+        if self._first and not self._got_bytes and data[:1] == b"\x16" and not self._tls:
             # a TLS ClientHello on the plain port: say so, as Go's net/http does
             self._fail(400, _HTTPS_ON_HTTP, "HTTPS request on the plain HTTP port")
             return
@@ -378,7 +346,8 @@ class Connection(asyncio.Protocol):
             transport.write_eof()  # after the buffer is flushed
             transport.resume_reading()
             self._arm(limits.linger + (limits.write_timeout if unsent else 0.0), self.abort)
-        else:  # TLS: close() sends close_notify after the buffer
+        else:  # TLS: close() sends close_notify after the buffer, and may read the peer's
+            transport.resume_reading()
             transport.close()
             self._arm(limits.write_timeout, self.abort)
 
@@ -412,7 +381,7 @@ class Connection(asyncio.Protocol):
             return
         self._gone = True
         self._cancel_timer()
-        for task in (self._task, self._tls_task):
+        for task in (self._task, self.connecting):
             if task is not None and not task.done() and task is not _current_task():
                 task.cancel()
         if self._drained is not None and not self._drained.done():

@@ -14,6 +14,7 @@ import errno
 import logging
 import resource
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -227,7 +228,9 @@ class MetricsServer:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._connect(sock, handler))
+            conn = Connection(self._ctx, handler, self._registry)
+            task = loop.create_task(self._connect(sock, conn, self._ctx.tls.current()))
+            conn.connecting = task
             self._connecting.add(task)  # the loop keeps only a weak reference to a task
             task.add_done_callback(self._connecting.discard)
 
@@ -235,12 +238,17 @@ class MetricsServer:
         if not self._ctx.stopping:
             asyncio.get_running_loop().add_reader(listener, self._accept, listener, handler)
 
-    async def _connect(self, sock: socket.socket, handler: Handler) -> None:
+    async def _connect(self, sock: socket.socket, conn: Connection,
+                       tls: ssl.SSLContext | None) -> None:
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: Connection(self._ctx, handler, self._registry), sock)
-        except (OSError, asyncio.CancelledError):  # stopping: the socket is ours to close
+                lambda: conn, sock, ssl=tls,
+                ssl_handshake_timeout=self._limits.handshake_timeout if tls else None)
+        except asyncio.CancelledError:  # evicted or stopping: the socket is ours to close
             sock.close()
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, TimeoutError) as e:
+            sock.close()
+            conn.handshake_failed(e)
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio's own reports (a client's TLS alert, a reset during a write, ...) are about
