@@ -137,6 +137,8 @@ def test_attack_leaves_scrapes_served(server: Server, which: str, kind: str, n: 
     before = server.report()[which]
     assert_served(under_attack(server, which, kind, n), f"{kind} x{n} on {which}")
     rep = wait_quiet(server)
+    print(f"  server: peak {rep['peak_threads']} threads, max RSS {rep['max_rss_kib'] // 1024} MiB,"
+          f" {rep['fds']} fds after")
     for key, least in proof.items():  # the attack did what it says, or this proves nothing
         assert delta(before, rep[which], key) >= least, (key, before, rep[which])
     assert rep["peak_threads"] <= 12, rep  # loop + 2 render + 1 bcrypt per server, + watcher

@@ -3,9 +3,10 @@
 Why this transport: asyncio runs every socket non-blocking on one thread, so a slow or idle client
 costs a socket and a few kilobytes, never a thread; `loop.connect_accepted_socket(..., ssl=,
 ssl_handshake_timeout=)` gives each connection its own TLS handshake with a deadline, using the
-context current at accept (certificate rotation without restart). h11 (a well-kept, I/O-free HTTP/1.1 parser; Debian ships
-0.14) does the request parsing, keep-alive and pipelining rules, so the only HTTP written here is
-the policy around it: deadlines, size limits and what each state may cost.
+context current at accept (certificate rotation without restart). h11 (a well-kept, I/O-free
+HTTP/1.1 parser; Debian ships 0.14) does the request parsing, keep-alive and pipelining rules, so
+the only HTTP written here is the policy around it: deadlines, size limits and what each state may
+cost.
 
 A connection's life: accepted (pending in `admission`) -> TLS handshake -> request head -> admitted
 -> answered (handler, render pool) -> written -> idle keep-alive -> next request, or closed. One

@@ -215,7 +215,7 @@ class MetricsServer:
         loop = asyncio.get_running_loop()
         for _ in range(max(1, min(ACCEPT_BATCH, self._limits.max_pending // 2))):
             try:
-                sock, _addr = listener.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -229,6 +229,8 @@ class MetricsServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(self._ctx, handler, self._registry)
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                conn.peer = show(str(addr[0]), int(addr[1]))
             task = loop.create_task(self._connect(sock, conn, self._ctx.tls.current()))
             conn.connecting = task
             self._connecting.add(task)  # the loop keeps only a weak reference to a task
