@@ -143,7 +143,7 @@ def test_attack_leaves_scrapes_served(server: Server, which: str, kind: str, n: 
         assert delta(before, rep[which], key) >= least, (key, before, rep[which])
     assert rep["peak_threads"] <= 12, rep  # loop + 2 render + 1 bcrypt per server, + watcher
     assert rep["fds"] < 64, rep  # everything the attack opened was let go
-    assert rep["max_rss_kib"] < 400_000, rep
+    assert rep["max_rss_kib"] < 200_000, rep  # 112 MiB measured: two servers, 10k series
 
 
 def test_burst_of_idle_and_half_open_then_scrapes(server: Server) -> None:
