@@ -72,7 +72,8 @@ def test_request_limits(tools: None) -> None:
         port = srv.address[1]
         big = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
         assert raw_exchange(port, big).startswith(b"HTTP/1.1 431 ")
-        many = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n"
+        many = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + \
+            b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n"
         assert raw_exchange(port, many).startswith(b"HTTP/1.1 431 ")
         assert raw_exchange(port, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         assert raw_exchange(port, b"GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n").startswith(
@@ -83,7 +84,8 @@ def test_request_limits(tools: None) -> None:
             b"HTTP/1.1 400 ")  # HTTP/1.1 without Host (RFC 9112 3.2)
         body = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
         assert raw_exchange(port, body).startswith(b"HTTP/1.1 413 ")
-        chunked = b"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        chunked = (b"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"0\r\n\r\n")
         assert raw_exchange(port, chunked).startswith(b"HTTP/1.1 501 ")
         smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"
         assert raw_exchange(port, smuggle).startswith(b"HTTP/1.1 400 ")

@@ -37,7 +37,9 @@ def test_https_scrape_with_curl_and_python(pki: Path, tmp_path: Path) -> None:
 
 
 def test_inline_cert_and_key(pki: Path, tmp_path: Path) -> None:
-    indent = lambda p: "\n".join("    " + line for line in p.read_text().splitlines())
+    def indent(p: Path) -> str:
+        return "\n".join("    " + line for line in p.read_text().splitlines())
+
     cfg = web_config(tmp_path, f"tls_server_config:\n  cert: |\n{indent(pki / 'server.pem')}\n"
                                f"  key: |\n{indent(pki / 'server.key')}\n")
     with serving(cfg) as srv:

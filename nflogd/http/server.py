@@ -255,7 +255,10 @@ class MetricsServer:
             sock.close()
         except (OSError, ssl.SSLError, asyncio.TimeoutError, TimeoutError) as e:
             sock.close()
-            conn.handshake_failed(e)
+            if tls is not None:
+                conn.handshake_failed(e)
+            else:  # a plain socket asyncio could not take (reset already): nothing to count
+                conn.abort()
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio's own reports (a client's TLS alert, a reset during a write, ...) are about
