@@ -114,17 +114,20 @@ def scrape(cfg: dict[str, Any]) -> None:
         token = base64.b64encode(f"{cfg['user']}:{cfg['password']}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
     ctx = _client_ctx(cfg) if tls else None
+    keepalive = cfg.get("keepalive", False)  # one connection, as a running Prometheus keeps
     results: list[tuple[int, float]] = []
     start = time.monotonic()
+    conn: http.client.HTTPConnection | None = None
     for i in range(count):
         time.sleep(max(0.0, start + i * INTERVAL - time.monotonic()))
         t0 = time.monotonic()
         status = 0
-        conn: http.client.HTTPConnection
-        if ctx is not None:
-            conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=DEADLINE)
-        else:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
+        if conn is None:
+            if ctx is not None:
+                conn = http.client.HTTPSConnection("localhost", port, context=ctx,
+                                                   timeout=DEADLINE)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
         try:
             conn.request("GET", "/metrics", headers=headers)
             resp = conn.getresponse()
@@ -136,8 +139,9 @@ def scrape(cfg: dict[str, Any]) -> None:
                 status = -1  # a truncated body is no success
         except (OSError, http.client.HTTPException):
             status = 0
-        finally:
-            conn.close()
+        if status != 200 or not keepalive:
+            conn.close()  # a failed keep-alive connection is replaced: that scrape failed
+            conn = None
         results.append((status, time.monotonic() - t0))
     print(json.dumps(results), flush=True)
 

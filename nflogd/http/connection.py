@@ -43,7 +43,9 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self._rendering = False
-        self._since = time.monotonic()  # last progress, for the eviction policy
+        # last progress, for the eviction policy: accept, handshake done, an answer below 400
+        # drained, bytes of an answer taken; a client sending only bad requests makes none
+        self._since = time.monotonic()
         self._h11 = h11.Connection(h11.SERVER,
                                    max_incomplete_event_size=ctx.limits.max_header_bytes)
         self.connecting: asyncio.Task[None] | None = None  # accept to connection_made (TLS)
@@ -256,7 +258,6 @@ class Connection(asyncio.Protocol):
             await self._respond(plain(503, "Too many connections; try again later.\n",
                                       (("Retry-After", "1"),), close=True), req)
             return
-        self._since = time.monotonic()
         headers: dict[str, str] = {}
         for k, v in req.headers:
             key, value = k.decode("ascii"), v.decode("latin-1")  # h11 checked the characters
@@ -304,7 +305,8 @@ class Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._arm(ctx.limits.write_timeout, self._write_expired)
             await self._drained  # bounded output: the next request waits for this one to leave
-        self._since = time.monotonic()
+        if resp.status < 400:  # progress is what the client got, not what it asked for
+            self._since = time.monotonic()
         if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
             self._finish()  # MUST_CLOSE (ours or theirs): this was the last answer
             return
