@@ -11,14 +11,11 @@ from __future__ import annotations
 import platform
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import (
-    generate_latest as generate_openmetrics,
-)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
 from .config import Config, GroupConfig, classify
@@ -31,7 +28,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # What Prometheus asks for first; prometheus_client 0.16 (Debian 12) still names version 0.0.1.
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # OpenMetrics names a counter family without the _total its samples carry.
-_OM_COUNTER_META = re.compile(r"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
+_OM_COUNTER_META = re.compile(rb"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
 OVERFLOW = "__overflow__"
 
 # The aggregation field behind each label (action is derived from the prefix).
@@ -255,9 +252,15 @@ class Exposition:
         self._ifnames.refresh()
         text = self._counters.render(self._config(), self._workers())
         if wants_openmetrics(accept):
-            return (_OM_COUNTER_META.sub(r"# \1 \2 ", text).encode()
-                    + generate_openmetrics(self.registry), OPENMETRICS_CONTENT_TYPE)
+            return (openmetrics_counters(text.encode()) + generate_openmetrics(self.registry),
+                    OPENMETRICS_CONTENT_TYPE)
         return text.encode() + generate_latest(self.registry), CONTENT_TYPE
+
+
+def openmetrics_counters(text: bytes) -> bytes:
+    """Hand-rendered counter families in OpenMetrics: the family is named without _total (its
+    samples keep it); no _created, since a series' creation time is not tracked."""
+    return _OM_COUNTER_META.sub(rb"# \1 \2 ", text)
 
 
 def wants_openmetrics(accept: str | None) -> bool:
