@@ -4,6 +4,7 @@ real clients: curl, raw sockets, Python's http.client and ssl."""
 from __future__ import annotations
 
 import http.client
+import logging
 import selectors
 import socket
 import ssl
@@ -365,3 +366,41 @@ def test_at_the_caps_the_stalest_connections_make_room(pki: Path, tmp_path: Path
         assert srv.stats().connections_evicted == 2
 
 
+
+
+def test_render_failure_readiness_and_many_accepts(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nflogd.http")
+    gate = threading.Event()
+
+    def flaky(accept: str | None) -> tuple[bytes, str]:
+        if accept == "boom":
+            raise RuntimeError("render bug")
+        if accept and accept.startswith("slow"):
+            gate.wait(5)
+        return BODY, CTYPE
+
+    state = {"ready": (False, "groups not bound: 7")}
+    with serving(render=flaky, readiness=lambda: state["ready"]) as srv:
+        port = srv.address[1]
+        for _ in range(3):  # a failing render is a 500 each time, and one log line in all
+            assert http_get(port, headers={"Accept": "boom"}).status == 500
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "render bug" in errors[0].exc_text  # type: ignore[operator]
+        resp = http_get(port, "/-/ready")
+        assert resp.status == 503 and resp.body == b"not ready: groups not bound: 7\n"  # type: ignore[attr-defined]
+        state["ready"] = (True, "")
+        assert http_get(port, "/-/ready").status == 200
+        assert http_get(port, "/-/healthy").status == 200
+        # 8 different Accept headers rendering at once; a 9th different one is told to come back
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            http_get(port, headers={"Accept": f"slow{i}"}).status)) for i in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        assert http_get(port, headers={"Accept": "another"}).status == 503
+        gate.set()
+        for t in threads:
+            t.join(10)
+        assert results == [200] * 8
+        assert http_get(port).body == BODY  # type: ignore[attr-defined]
