@@ -10,8 +10,9 @@ Two bounded sets, because a connection that has not yet sent a request has shown
   `max_connections`. A connection whose request completes when the set is full evicts the member
   that made no progress longest (handshake done, an answer below 400 drained, bytes of an answer
   taken by the client: asking for things is no progress, so a client that only sends bad
-  passwords goes first), except members whose answer is being rendered; when all are rendering, it waits (in the pending
-  set, so bounded) for the next one to finish, up to `admit_wait`, and is answered 503 after that.
+  passwords goes first), except members whose answer is being rendered; when all are rendering,
+  it waits (in the pending set, so bounded) for the next one to finish, up to `admit_wait`, and
+  is answered 503 after that.
 """
 
 from __future__ import annotations
