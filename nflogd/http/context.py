@@ -55,9 +55,8 @@ class Paths:
 
 
 def make_paths(metrics_path: str) -> Paths:
-    if not metrics_path.startswith("/") or metrics_path == "/" or metrics_path.startswith("/-/"):
-        raise ValueError(f"metrics_path must start with / and be neither / nor under /-/: "
-                         f"{metrics_path!r}")
+    if not metrics_path.startswith("/") or metrics_path == "/":
+        raise ValueError(f"metrics_path must start with / and not be /: {metrics_path!r}")
     return Paths(metrics_path, landing_page(metrics_path))
 
 

@@ -92,10 +92,13 @@ class Handler:
             return plain(405, headers=(("Allow", "GET, HEAD"),))
         if req.path == "/":
             return Response(200, paths.landing, "text/html; charset=utf-8")
+        if req.path == paths.metrics:  # first: a metrics_path of /-/ready would win
+            return await self._metrics(req, conn)
         if req.path == HEALTHY_PATH:
             return plain(200, "nflogd is healthy.\n")
-        if req.path == READY_PATH:
-            return self._ready()
+        return self._ready()
+
+    async def _metrics(self, req: Request, conn: Renders) -> Response:
         conn.rendering = True
         try:
             return await self._renderer.get(req.headers.get("accept"),
