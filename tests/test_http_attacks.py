@@ -165,3 +165,65 @@ def test_burst_of_idle_and_half_open_then_scrapes(server: Server) -> None:
                   "burst of 200 idle + 20 half-open TLS")
     rep = wait_quiet(server)
     assert delta(before, rep["tls"], "accepted") >= 220 + 12
+
+
+# --- the real daemon ------------------------------------------------------------------------------
+
+DAEMON_ATTACKS = [("plain", "pipeline8", 70), ("plain", "slowloris", 400), ("plain", "idle", 1500),
+                  ("tls", "half_tls", 300), ("tls", "wrong_password", 64)]
+
+
+def test_attacks_against_the_real_daemon(make_netns, start_daemon, pki: Path,  # type: ignore[no-untyped-def]
+                                         tmp_path: Path) -> None:
+    """The table again, against nflogd itself in a namespace, exporting 10k series made by real
+    traffic (5000 marks x packets and bytes): plain HTTP, then TLS with basic auth."""
+    ns = make_netns("atk")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
+           'udp dport 7000 meta mark set numgen inc mod 5000 counter log prefix "p" group 10 '
+           'comment "m"\n'
+           'udp dport 7001 meta mark set numgen inc mod 5000 counter log prefix "p" group 11 '
+           'comment "m2"\n }\n}\n')
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki / 'server.pem'}\n"
+                   f"  key_file: {pki / 'server.key'}\n"
+                   f"basic_auth_users:\n  alice: {htpasswd('alice', PASSWORD, cost=10)}\n")
+    base = "max_series: 20000\nlabels: [group, prefix, mark]\ngroups:\n  - group: {}\n"
+    plain = start_daemon(ns, base.format(10))
+    ns.send_udp("127.0.0.1", 7000, 10_000, 10)
+    s = plain.wait_for(lambda s: s.total("nflog_packets_total") >= 10_000, timeout=20)
+    assert len(s.series("nflog_packets_total")) == 5000
+    assert s.total("nflog_packets_total") == ns.counters()["m"][0] == 10_000
+    tls = start_daemon(ns, base.format(11) + f"web_config_file: {web}\n", wait=False)
+    client = {"ca": str(pki / "ca.pem"), "user": "alice", "password": PASSWORD}
+    sent_tls = False
+    for which, kind, n in DAEMON_ATTACKS:
+        d = plain if which == "plain" else tls
+        scrape_cfg = {**client, "port": d.port, "tls": which == "tls"}
+        deadline = time.monotonic() + 15
+        while True:  # up (the TLS one was not waited for), and scraped once: a warm cache
+            warm = ns.run(VENV_PYTHON, TOOLS, "scrape", json.dumps({**scrape_cfg, "count": 1}))
+            status = json.loads(warm.stdout)[0][0]
+            if status == 200:  # 200 with all 10k series
+                break
+            if status == -1 and not sent_tls:  # the TLS daemon answers: its group is bound
+                ns.send_udp("127.0.0.1", 7001, 10_000, 10)
+                sent_tls = True
+            assert d.proc.poll() is None and time.monotonic() < deadline, d.stderr()
+            time.sleep(0.2)
+        cfg = {**client, "kind": kind.rstrip("8"), "port": d.port, "n": n, "duration": 9.0,
+               "ramp": 1.0, "depth": 8}
+        attacker = ns.popen([VENV_PYTHON, TOOLS, "attack", json.dumps(cfg)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+        try:
+            assert attacker.stdout is not None
+            assert attacker.stdout.readline().strip() == "ready"
+            out = ns.run(VENV_PYTHON, TOOLS, "scrape",
+                         json.dumps({**scrape_cfg, "count": SCRAPES}), timeout=120)
+        finally:
+            attacker.kill()
+            attacker.communicate(timeout=30)
+        assert_served([tuple(r) for r in json.loads(out.stdout)],  # type: ignore[misc]
+                      f"{kind} x{n} on the daemon ({which})")
+    for d in (plain, tls):
+        assert d.proc.poll() is None
+        assert "Traceback" not in d.stderr()
