@@ -47,9 +47,6 @@ class Admission:
         self._admitted: set[Member] = set()
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def __len__(self) -> int:
-        return len(self._pending) + len(self._admitted)
-
     def arrive(self, conn: Member) -> None:
         """A connection was accepted."""
         while len(self._pending) >= self.limits.max_pending:
@@ -100,9 +97,6 @@ class Admission:
         if conn in self._admitted:
             self._admitted.discard(conn)
             self.wake()
-
-    def members(self) -> list[Member]:
-        return [*self._pending, *self._admitted]
 
     def _evict(self, victim: Member) -> None:
         self._tally.add("evicted")

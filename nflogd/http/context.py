@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 from dataclasses import dataclass
@@ -81,4 +80,3 @@ class ServerContext:
         self.bcrypt_waiting = 0
         self.stopping = False
         self.throttle = LogThrottle(log, limits.log_interval)
-        self.loop: asyncio.AbstractEventLoop | None = None

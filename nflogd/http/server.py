@@ -175,7 +175,6 @@ class MetricsServer:
     def _run(self, started: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._ctx.loop = loop
         loop.set_exception_handler(self._loop_error)
         registry: set[Connection] = set()
         self._registry = registry
