@@ -10,6 +10,7 @@ has scraped once before the attack (as Prometheus has), so its credentials are c
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from http_support import htpasswd
 from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
-from netns import REPO, VENV_PYTHON
+from netns import REPO, VENV_PYTHON, require_tools
 
 TOOLS = str(REPO / "tests" / "http_attack_tools.py")
 SCRAPES = 20  # 5 s of scraping per attack: 19 of 20 is 95 %
@@ -28,8 +29,9 @@ PASSWORD = "s3cret-scraper"
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen[str], ports: dict[str, int], cfg: dict[str, Any]):
-        self.proc, self.ports, self.cfg = proc, ports, cfg
+    def __init__(self, proc: subprocess.Popen[str], ports: dict[str, int], cfg: dict[str, Any],
+                 log: Path):
+        self.proc, self.ports, self.cfg, self.log = proc, ports, cfg, log
 
     def report(self) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -52,7 +54,7 @@ def server(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
                             stderr=open(d / "server.log", "w"), cwd=REPO)
     assert proc.stdout is not None
     ports = json.loads(proc.stdout.readline())
-    srv = Server(proc, ports, cfg)
+    srv = Server(proc, ports, cfg, d / "server.log")
     yield srv
     assert proc.stdin is not None
     proc.stdin.close()
@@ -165,6 +167,30 @@ def test_burst_of_idle_and_half_open_then_scrapes(server: Server) -> None:
                   "burst of 200 idle + 20 half-open TLS")
     rep = wait_quiet(server)
     assert delta(before, rep["tls"], "accepted") >= 220 + 12
+
+
+def test_out_of_descriptors_pauses_accepting_briefly(server: Server) -> None:
+    """accept() failing with EMFILE (injected with strace, 10 times): the server pauses accepting
+    0.1 s at a time, instead of spinning or dying; the scrape waiting in the backlog is served
+    once accept() works again; one warning line, not one per attempt."""
+    require_tools("strace")
+    before = server.log.read_text().count("cannot accept connections")
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(server.proc.pid), "-o",
+                               "/dev/null", "-e", "trace=accept4",
+                               "-e", "inject=accept4:error=EMFILE:when=1..10"])
+    try:
+        time.sleep(1.0)  # attached
+        t0 = time.monotonic()
+        results = scrape(server, "plain", 1)
+        waited = time.monotonic() - t0
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+    assert results[0][0] == 200, results
+    assert 0.5 < waited < 5, waited  # 10 failed accepts, 0.1 s apart: about 1 s
+    log = server.log.read_text()
+    assert log.count("cannot accept connections") - before == 1, log[-2000:]
+    assert "Traceback" not in log
 
 
 # --- the real daemon ------------------------------------------------------------------------------
