@@ -126,29 +126,38 @@ def test_listen_all_addresses_dual_stack_and_literals(tools: None) -> None:
         assert srv.address[0] == "127.0.0.1"
 
 
-def test_several_addresses_and_a_preopened_socket(tools: None) -> None:
-    pre = socket.socket()
-    pre.bind(("127.0.0.1", 0))
-    pre.listen(16)  # as systemd hands it over with socket activation
+def test_several_addresses_or_preopened_sockets(tools: None) -> None:
+    srv = MetricsServer([("127.0.0.1", 0), ("::1", 0)], metrics_path="/metrics", render=render)
+    srv.start()
     try:
-        with serving(host="::1", sockets=[pre]) as srv:  # sockets only: no address
-            assert srv.addresses == (pre.getsockname(),)
-        srv = MetricsServer([("127.0.0.1", 0), ("::1", 0)], sockets=[pre], metrics_path="/metrics",
-                            render=render)
+        (h1, p1), (h2, p2) = srv.addresses
+        assert (h1, h2) == ("127.0.0.1", "::1")
+        assert curl(f"http://127.0.0.1:{p1}/metrics") == (0, "200", BODY)
+        assert curl(f"http://[::1]:{p2}/metrics") == (0, "200", BODY)
+    finally:
+        srv.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", p1), timeout=2)
+    pre = [socket.socket(), socket.socket(socket.AF_INET6)]
+    pre[0].bind(("127.0.0.1", 0))
+    pre[1].bind(("::1", 0))
+    for s in pre:
+        s.listen(16)  # as systemd hands them over with socket activation
+    try:
+        # with sockets, the addresses (the config's listen:) are not bound: systemd holds them
+        srv = MetricsServer([("127.0.0.1", pre[0].getsockname()[1])], sockets=pre,
+                            metrics_path="/metrics", render=render)
         srv.start()
         try:
-            (h1, p1), (h2, p2), (h3, p3) = srv.addresses
-            assert (h1, h2, (h3, p3)) == ("127.0.0.1", "::1", pre.getsockname())
-            for url in (f"http://127.0.0.1:{p1}/metrics", f"http://[::1]:{p2}/metrics",
-                        f"http://127.0.0.1:{p3}/metrics"):
-                assert curl(url) == (0, "200", BODY), url
+            assert srv.addresses == tuple(s.getsockname()[:2] for s in pre)
+            assert curl(f"http://127.0.0.1:{pre[0].getsockname()[1]}/metrics")[2] == BODY
+            assert curl(f"http://[::1]:{pre[1].getsockname()[1]}/metrics")[2] == BODY
         finally:
             srv.stop()
-        assert pre.fileno() != -1 and pre.getsockname()[1] == p3  # still the caller's
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", p1), timeout=2)
+        assert all(s.fileno() != -1 for s in pre)  # still the caller's, still listening
     finally:
-        pre.close()
+        for s in pre:
+            s.close()
 
 
 def test_bind_failure_names_the_address() -> None:

@@ -68,7 +68,9 @@ class SuccessCache:
 
 
 def _dummy_hash(cost: int) -> bytes:
-    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
+    # Hex, not raw bytes: bcrypt 3.2 (Debian 12) refuses a password holding a NUL byte, which 16
+    # random bytes hold one time in sixteen.
+    return bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(cost))
 
 
 class BasicAuth:

@@ -45,9 +45,9 @@ def _always_ready() -> tuple[bool, str]:
 
 class MetricsServer:
     """Serves `render()` at `metrics_path`, a landing page at `/`, and `/-/healthy`,
-    `/-/ready`, over HTTP or HTTPS, on every address in `addresses` and every pre-opened
-    listening socket in `sockets` (systemd socket activation; duplicated, the caller keeps its
-    own).
+    `/-/ready`, over HTTP or HTTPS, on every address in `addresses`, or, when `sockets` are
+    given, on those pre-opened listening sockets instead (systemd socket activation: the
+    addresses are then not bound; the sockets are duplicated, the caller keeps its own).
 
     `render(accept_header)` returns (body, content_type) and runs in a render thread.
     `readiness()` returns (ready, reason) and runs on the event loop: it must be quick.
@@ -115,10 +115,10 @@ class MetricsServer:
         self._ensure_fds()
         _bound_tls_read_buffer()
         try:
-            for host, port in self._wanted:
-                self._listeners.append(listen(host, port))
             for sock in self._given:
                 self._listeners.append(sock.dup())
+            for host, port in () if self._given else self._wanted:
+                self._listeners.append(listen(host, port))
         except OSError:
             for s in self._listeners:
                 s.close()
