@@ -140,7 +140,7 @@ class GroupWorker(threading.Thread):
             rcvbuf = 0
             if live:
                 try:
-                    rcvbuf = h.rcvbuf
+                    rcvbuf = h.kernel_rcvbuf  # the metric is the kernel's figure
                 except nflog.NflogError:
                     live = False
             # A closed handle still counts until _retire_handle() moves its counters into the
