@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import builtins
 
-from . import __version__
+from . import __version__ as __version__  # nflogr has __version__; this is nflogd's
+from . import nflog_constants
 from ._nflog import (
     COPY_META,
     COPY_NONE,
@@ -44,16 +45,19 @@ from ._nflog import (
     NflogRetryError,
     SeriesBudget,
 )
-from .nflog_constants import *  # noqa: F403  (nflogr's PROTO_* and HWTYPE_*)
-from .nflog_constants import __all__ as _constant_names
+
+# nflogr's PROTO_* and HWTYPE_* constants, at module level as in nflogr.
+from .nflog_constants import *  # noqa: F403
 
 __all__ = [
     "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "FIELDS",
-    "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError", "NflogPermissionError",
+    "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError",
+    "NflogPermissionError",
     "ENOBUFS_RAISE", "ENOBUFS_HANDLE", "ENOBUFS_DISABLE", "COPY_NONE", "COPY_META", "COPY_PACKET",
     "COPY_RANGE_MAX", "NLBUF_MIN", "NLBUF_MAX", "PREFIX_MAX", "LIBNETFILTER_LOG_VERSION",
-    "FAMILY_NAMES", "HOOK_NAMES", "PROTO_NAMES", "NFLOGR_VERSION", *_constant_names,
+    "FAMILY_NAMES", "HOOK_NAMES", "PROTO_NAMES", "NFLOGR_VERSION",
 ]
+__all__ += nflog_constants.__all__
 
 # nflogr's module metadata, telling the truth about this module. NFLOGR_VERSION is the nflogr
 # release whose API this one follows (and ``make test-compat`` compares against).

@@ -23,10 +23,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from netns import REPO, SYSTEM_PYTHON, VENV_PYTHON, Netns, unused_uids, veth_pair
-from nflog_support import (assert_quiet, hang_guard, mac_of, open_in, read_n,
-                           require_root, rule_counts)
+from nflog_support import (
+    assert_quiet,
+    hang_guard,
+    mac_of,
+    open_in,
+    read_n,
+    require_root,
+    rule_counts,
+)
+
 from nflogd import nflog
 
 # Every attribute NflogData has: nflogr 0.2.12's fifteen in its order, then ours.
@@ -103,7 +110,7 @@ def test_output_records_on_loopback_carry_uid_gid_mark_prefix_and_payload() -> N
         for name in ["indev", "indev_index", "physindev", "physindev_index", "physoutdev",
                      "physoutdev_index", "hwaddr", "timestamp", "timestamp_us", "seq"]:
             assert getattr(d, name) is None, name
-        # ... but the hardware type and header are 0 and b"" without a hardware header, as in nflogr.
+        # ... but the hardware type and header are 0 and b"" without one, as in nflogr.
         assert d.hwtype == 0 and d.hwhdr == b""
     assert [d.prefix for d in marked] == ["out-marked"] * 3
     assert [d.nfmark for d in marked] == [0x2A] * 3
@@ -687,15 +694,13 @@ def test_a_handle_never_opened_or_opened_twice_is_safe() -> None:
     h.close()
     assert h.__exit__(None, None, None) is False
     with Netns("reinit") as ns:
-        with pytest.raises(ValueError):
-            with ns.entered():
-                h.__init__(1, nlbuf=5)
+        with pytest.raises(ValueError), ns.entered():
+            h.__init__(1, nlbuf=5)
         with ns.entered():
             h.__init__(1)  # a failed __init__ may be retried
         assert not h.closed and h.getgroup() == 1
-        with pytest.raises(RuntimeError, match="already called"):
-            with ns.entered():
-                h.__init__(2)
+        with pytest.raises(RuntimeError, match="already called"), ns.entered():
+            h.__init__(2)
         h.close()
 
 

@@ -73,7 +73,7 @@ def outcome(fn: Callable[[], Any]) -> dict[str, Any]:
 
 
 def isolated(fn: Callable[[], Any]) -> dict[str, Any]:
-    """outcome(fn) in a forked child, so a crash (nflogr segfaults pickling a record) is a result."""
+    """outcome(fn) in a forked child: a crash (nflogr segfaults pickling a record) is a result."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -158,10 +158,12 @@ def main() -> None:
 
     # The handle, open and empty.
     report["open_handle"] = {
-        "getgroup_is_group": outcome(lambda: h.getgroup() == GROUP), "getfd_is_int": isinstance(h.getfd(), int),
+        "getgroup_is_group": outcome(lambda: h.getgroup() == GROUP),
+        "getfd_is_int": isinstance(h.getfd(), int),
         "fileno_is_getfd": outcome(lambda: h.fileno() == h.getfd()), "len": outcome(lambda: len(h)),
         "bool": bool(h), "queued": outcome(lambda: bool(h.queued)),
-        "queue_nowait": outcome(lambda: h.queue(False)), "next_nowait": outcome(lambda: h.next(False)),
+        "queue_nowait": outcome(lambda: h.queue(False)),
+        "next_nowait": outcome(lambda: h.next(False)),
         "drops": outcome(lambda: h.drops), "set_drops_0": outcome(lambda: setattr(h, "drops", 0)),
         "set_drops_5": outcome(lambda: setattr(h, "drops", 5)),
         "set_drops_str": outcome(lambda: setattr(h, "drops", "x")),
@@ -171,6 +173,9 @@ def main() -> None:
         "rcvbuf_after_0": outcome(lambda: h.rcvbuf),
         "set_rcvbuf_-1": outcome(lambda: setattr(h, "rcvbuf", -1)),
         "set_rcvbuf_str": outcome(lambda: setattr(h, "rcvbuf", "x")),
+        "queued_type": type(h.queued).__name__,
+        "next_keyword": outcome(lambda: h.next(wait=False)),
+        "queue_keyword": outcome(lambda: h.queue(wait=False)),
     }
 
     # Records queued, the socket empty: queue() returns at once; close() keeps them readable.
@@ -180,6 +185,8 @@ def main() -> None:
     report["queued_handle"] = {
         "queue_counts": counts, "len": len(h), "bool": bool(h), "queued": bool(h.queued),
         "queue_with_records_queued": outcome(h.queue),  # blocks forever if it waits for the socket
+        "loop_callback_raises": outcome(lambda: h.loop(lambda d: 1 / 0, 1)),
+        "len_after_loop": len(h),
     }
     signal.alarm(0)
     h.close()
@@ -217,7 +224,7 @@ def run_examples() -> list[dict[str, Any]]:
     import importlib.metadata
     readme = importlib.metadata.metadata("nflogr").get_payload()  # type: ignore[attr-defined]
     results = []
-    for code in re.findall(r"```python\n(.*?)```", readme, re.S):
+    for code in re.findall(r"```python\n(.*?)```", readme, re.DOTALL):
         if LIB != "nflogr":
             code = code.replace("import nflogr", "from nflogd import nflog as nflogr")
         h = nflog.open(GROUP)
@@ -225,13 +232,15 @@ def run_examples() -> list[dict[str, Any]]:
         queue_until(h, 2)
         h.close()
         env: dict[str, Any] = {"nflog": h, "__name__": "__example__"}
+        ask("turn")  # one reader at a time: an example may open a group (123) of its own
         try:
-            exec(compile(code, "<nflogr README>", "exec"), env)
+            exec(compile(code, "<nflogr README>", "exec"), env)  # noqa: S102 - nflogr's own text
             res: dict[str, Any] = {"value": None}
         except SyntaxError as e:
             res = {"syntax_error": e.msg}
         except BaseException as e:  # noqa: BLE001
             res = exc(e)
+        ask("turn_done")
         res["left_queued"] = len(h)
         results.append(res)
     return results

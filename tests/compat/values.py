@@ -1,4 +1,4 @@
-"""JSON for the values records hold, keeping apart what JSON would merge (bytes/str, bool/int, float)."""
+"""JSON for record values, keeping apart what JSON would merge (bytes/str, bool/int, float)."""
 
 from __future__ import annotations
 
