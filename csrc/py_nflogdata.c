@@ -394,6 +394,10 @@ static PyObject *data_tp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	if (d) {
 		Py_INCREF(names);
 		((DataObject *)d)->devnames = names;
+	} else if (PyErr_ExceptionMatches(NflogError)) {
+		/* A bad argument, not a failed NFLOG operation. */
+		PyErr_Clear();
+		PyErr_SetString(PyExc_ValueError, "malformed NFLOG packet message");
 	}
 out:
 	PyBuffer_Release(&msg);
