@@ -26,6 +26,7 @@ import re
 import select
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -178,6 +179,8 @@ def main() -> None:
         "queue_keyword": outcome(lambda: h.queue(wait=False)),
     }
 
+    report["blocked_next"] = gil_while_blocked(h)
+
     # Records queued, the socket empty: queue() returns at once; close() keeps them readable.
     ask("burst", count=3)
     counts = queue_until(h, 3)
@@ -196,6 +199,7 @@ def main() -> None:
         "fileno": outcome(h.fileno), "queue": outcome(h.queue),
         "queue_nowait": outcome(lambda: h.queue(False)),
         "drops": outcome(lambda: h.drops), "close_again": outcome(h.close),
+        "set_rcvbuf": isolated(lambda: setattr(h, "rcvbuf", 65536)),
     }
     buffered = []
     for _ in range(4):
@@ -216,6 +220,33 @@ def main() -> None:
 
     report["examples"] = run_examples()
     print(json.dumps({"step": "report", "report": report}), flush=True)
+
+
+def gil_while_blocked(h: Any) -> dict[str, Any]:
+    """Does another thread run while next() waits for a record (sent 0.6 s later)?"""
+    count, stop = [0], [False]
+
+    def spin() -> None:
+        while not stop[0]:
+            count[0] += 1
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    time.sleep(0.2)
+    c0 = count[0]
+    time.sleep(0.3)
+    free_rate = (count[0] - c0) / 0.3
+    ask("burst_later", count=1, delay=0.6)
+    c1, t0 = count[0], time.monotonic()
+    signal.alarm(int(WAIT))
+    d = h.next()
+    signal.alarm(0)
+    blocked = time.monotonic() - t0
+    ran = count[0] - c1
+    stop[0] = True
+    t.join()
+    return {"got_record": d is not None, "waited": blocked > 0.3,
+            "other_thread_ran": ran > 0.2 * free_rate * blocked}
 
 
 def run_examples() -> list[dict[str, Any]]:

@@ -79,6 +79,11 @@ ALLOWED: dict[str, tuple[str, Any, Any]] = {
         "pickling NflogData", OneOf(({"crashed": "SIGSEGV"}, {"value": ["hwaddr"]})),
         {"value": []}),
     "open_handle.queued_type": ("`queued`", "bool", "int"),
+    "blocked_next": ("waiting in next(), queue(), loop(), iteration",
+                     {"got_record": True, "waited": True, "other_thread_ran": False},
+                     {"got_record": True, "waited": True, "other_thread_ran": True}),
+    "closed_handle.set_rcvbuf": ("rcvbuf set on a closed handle", {"crashed": "SIGSEGV"},
+                                 OURS_CLOSED),
     "open_handle.next_keyword": ("keyword arguments", TYPE_ERROR, {"value": None}),
     "open_handle.queue_keyword": ("keyword arguments", TYPE_ERROR, {"value": 0}),
     "queued_handle.loop_callback_raises": (
@@ -290,6 +295,12 @@ def run_phase(lab: Lab, copymode: str) -> dict[str, dict[str, Any]]:
                 answer = dict(counts)
             elif step == "burst":
                 lab.burst(asks["nflogd"]["count"])
+            elif step == "burst_later":  # answer first: the readers are waiting when it comes
+                for lib in asks:
+                    reply(procs[lib], {})
+                time.sleep(asks["nflogd"]["delay"])
+                lab.burst(asks["nflogd"]["count"])
+                continue
             elif step == "turn":  # let each reader run alone, one after the other
                 for lib in asks:
                     reply(procs[lib], {})
@@ -426,6 +437,7 @@ def compare(reports: dict[str, dict[str, Any]], phase: str, cmp: Comparison, lab
             else:
                 cmp.same(f"{section}.{key}", t, o)
     cmp.same("pickle round trip: fields that differ", theirs["pickle"], ours["pickle"])
+    cmp.same("blocked_next", theirs["blocked_next"], ours["blocked_next"])
     for i, (t, o) in enumerate(zip(theirs["examples"], ours["examples"])):
         cmp.same(f"examples[{i}]", t, o)
     cmp.same("README examples run", len(theirs["examples"]), len(ours["examples"]))
