@@ -9,8 +9,8 @@ both readers see the same packets at the same points. Everything it saw goes int
 {"step": "report", ...} line: every record as dict(data), repr(data), the handle's attributes and
 the exceptions (their class names and whether they are an OSError/PermissionError/ValueError ...).
 TAIL_GROUP (nflogd only) is a group of OUTPUT records, which nflogr cannot read (it crashes on a
-record without a timestamp): their messages go into the report so run.py can have nflogr's own
-decoder say what it should have returned.
+record without a timestamp): their messages go into the report, and run.py has nflogr's decoding
+rules (nflogr_model.py) say what it should have returned.
 
 Only the library's import differs between the two runs; nflogr's README examples are executed as
 nflogr's README has them (for nflogd with `import nflogr` read as `from nflogd import nflog as
