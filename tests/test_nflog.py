@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import select
 import selectors
 import shutil
@@ -182,6 +183,11 @@ def test_input_and_output_records_over_a_veth_pair() -> None:
         ha.close()
         # A record outlives its handle and still names devices in the handle's namespace.
         assert ins[0].indev == "vb0" and outs[0].outdev == "va0"
+        # Pickled (e.g. through a multiprocessing queue), a record keeps those names: an index
+        # would mean another device, or none, where it is unpickled.
+        for d in (ins[0], outs[0]):
+            again = pickle.loads(pickle.dumps(d))
+            assert dict(again) == dict(d) and repr(again) == repr(d)
 
 
 def test_bridge_records_carry_physical_and_bridge_devices() -> None:
