@@ -1,17 +1,17 @@
 """make test-compat: nflogd.nflog against the real nflogr 0.2.12, on the same packets.
 
-Run by the Makefile with the interpreter of a virtualenv that holds nflogr (from PyPI) and
-nflogd's extension built for that interpreter (CPython 3.9 or 3.13: nflogr reads records on no
-other). Three namespaces, client -- router -- server, over veth pairs with IPv4 and IPv6; the
-router's nft rules log each packet to group 1 (read by nflogr) and group 2 (read by nflogd.nflog)
-in one rule: IPv4/IPv6 TCP, UDP and ICMP, to the router (INPUT) and through it (FORWARD), marked
-and unmarked, with an empty, a plain, an odd and a 127-byte prefix, TCP from a socket of another
-uid; OUTPUT records (group 3) only nflogd can read: nflogr's decoding rules (nflogr_model.py,
-proven equal to nflogr on every record it read) say what it should have returned. All that under
-COPY_PACKET, COPY_META and COPY_NONE. tests/compat/reader.py is the script both libraries run;
-this compares what they saw, field by field, and the handle's attributes and exceptions. Any
-difference fails unless it is one the README's API section lists (ALLOWED below: each names its
-row there). Exit status 0 when all agree.
+Run by the Makefile with the interpreter of a virtualenv that holds nflogr (from PyPI) and nflogd's
+extension built for that interpreter (CPython 3.9 or 3.13: nflogr reads records on no other). Three
+namespaces, client -- router -- server, over veth pairs with IPv4 and IPv6; the router's nft rules
+log each packet to group 1 (read by nflogr) and group 2 (read by nflogd.nflog) in one rule:
+IPv4/IPv6 TCP, UDP and ICMP, to the router (INPUT) and through it (FORWARD), marked and unmarked,
+with an empty, a plain, an odd and a 127-byte prefix, TCP from a socket of another uid, frames on a
+bridge (physindev/physoutdev); OUTPUT records (group 3) only nflogd can read: nflogr's decoding
+rules (nflogr_model.py, proven equal to nflogr on every record it read) say what it should have
+returned. All that under COPY_PACKET, COPY_META and COPY_NONE. tests/compat/reader.py is the script
+both libraries run; this compares what they saw, field by field, and the handle's attributes and
+exceptions. Any difference fails unless it is one the README's API section lists (ALLOWED below:
+each names its row there). Exit status 0 when all agree.
 """
 
 from __future__ import annotations
@@ -130,6 +130,16 @@ def rules() -> str:
             icmpv6 type echo-reply counter log prefix "out icmpv6" group 3 comment "out-icmpv6"
         }}
     }}
+    table bridge compat {{
+        chain input {{
+            type filter hook input priority 0;
+            udp dport 5010 counter {both("br in")} comment "in-br"
+        }}
+        chain output {{
+            type filter hook output priority 0;
+            udp dport 5011 counter log prefix "br out" group 3 comment "out-br"
+        }}
+    }}
     """
 
 
@@ -200,12 +210,19 @@ PLAN = [
 
 
 class Lab:
-    """client (C) -- router (R, the rules and the readers) -- server (S)."""
+    """client (C) -- router (R, the rules and the readers) -- server (S); and a host (B) on a
+    bridge of the router's (br0, port vr3), whose records carry physindev/physoutdev."""
 
     def __init__(self) -> None:
-        self.c, self.r, self.s = Netns("cc"), Netns("cr"), Netns("cs")
+        self.c, self.r, self.s, self.b = Netns("cc"), Netns("cr"), Netns("cs"), Netns("cb")
         self.link(self.c, "vc", "10.1.0.1", "fd01::1", self.r, "vr1", "10.1.0.2", "fd01::2")
         self.link(self.s, "vs", "10.2.0.1", "fd02::1", self.r, "vr2", "10.2.0.2", "fd02::2")
+        self.link(self.b, "vb", "10.3.0.1", "fd03::1", self.r, "vr3", "10.3.0.9", "fd03::9")
+        self.r.ip("addr", "flush", "dev", "vr3")
+        self.r.ip("link", "add", "br0", "type", "bridge")
+        self.r.ip("link", "set", "vr3", "master", "br0")
+        self.r.ip("addr", "add", "10.3.0.2/24", "dev", "br0")
+        self.r.ip("link", "set", "br0", "up")
         self.r.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         for ns, v4, v6 in ((self.c, "10.1.0.2", "fd01::2"), (self.s, "10.2.0.2", "fd02::2")):
             ns.ip("route", "add", "default", "via", v4)
@@ -233,7 +250,7 @@ class Lab:
             ns.ip("link", "set", new, "up")
 
     def close(self) -> None:
-        for ns in (self.c, self.r, self.s):
+        for ns in (self.c, self.r, self.s, self.b):
             ns.delete()
 
     def counts(self, *prefixes: str) -> int:
@@ -257,6 +274,8 @@ class Lab:
         self.c.run(SYSTEM_PYTHON, "-c", TRAFFIC, json.dumps(PLAN))
         self.r.send_udp("10.1.0.1", 6000, 2, 50)
         self.r.send_udp("fd01::1", 6000, 1, 50)
+        self.b.send_udp("10.3.0.2", 5010, 2, 30)  # bridge INPUT: physindev vr3, indev br0
+        self.r.send_udp("10.3.0.1", 5011, 2, 30)  # bridge OUTPUT: physoutdev vr3, outdev br0
         return {"count": self.settled("in-", "fwd-") - before["count"],
                 "tail": self.settled("out-") - before["tail"]}
 
