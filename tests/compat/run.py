@@ -1,17 +1,17 @@
 """make test-compat: nflogd.nflog against the real nflogr 0.2.12, on the same packets.
 
 Run by the Makefile with the interpreter of a virtualenv that holds nflogr (from PyPI) and nflogd's
-extension built for that interpreter (CPython 3.9 or 3.13: nflogr reads records on no other). Three
-namespaces, client -- router -- server, over veth pairs with IPv4 and IPv6; the router's nft rules
-log each packet to group 1 (read by nflogr) and group 2 (read by nflogd.nflog) in one rule:
-IPv4/IPv6 TCP, UDP and ICMP, to the router (INPUT) and through it (FORWARD), marked and unmarked,
-with an empty, a plain, an odd and a 127-byte prefix, TCP from a socket of another uid, frames on a
-bridge (physindev/physoutdev); OUTPUT records (group 3) only nflogd can read: nflogr's decoding
-rules (nflogr_model.py, proven equal to nflogr on every record it read) say what it should have
-returned. All that under COPY_PACKET, COPY_META and COPY_NONE. tests/compat/reader.py is the script
-both libraries run; this compares what they saw, field by field, and the handle's attributes and
-exceptions. Any difference fails unless it is one the README's API section lists (ALLOWED below:
-each names its row there). Exit status 0 when all agree.
+extension built for that interpreter (CPython 3.9 or 3.13: nflogr reads records on no other).
+Namespaces client -- router -- server over veth pairs with IPv4 and IPv6, and a host on a bridge of
+the router's; the router's nft rules log each packet to group 1 (read by nflogr) and group 2 (read
+by nflogd.nflog) in one rule: IPv4/IPv6 TCP, UDP and ICMP, to the router (INPUT) and through it
+(FORWARD), marked and unmarked, with an empty, a plain, an odd and a 127-byte prefix, TCP from a
+socket of another uid, frames on the bridge (physindev/physoutdev); OUTPUT records (group 3) only
+nflogd can read: nflogr's decoding rules (nflogr_model.py, proven equal to nflogr on every record
+it read) say what it should have returned. All that under COPY_PACKET, COPY_META and COPY_NONE.
+tests/compat/reader.py is the script both libraries run; this compares what they saw, field by
+field, and the handle's attributes and exceptions. Any difference fails unless it is one the
+README's API section lists (ALLOWED below: each names its row there). Exit status 0 when all agree.
 """
 
 from __future__ import annotations
