@@ -50,14 +50,14 @@ LOG_LEVELS: Tuple[str, ...] = ("debug", "info", "warning", "error")
 
 # Value ranges. The kernel limits come from nfnetlink_log: qthresh is a u32, the flush timer is
 # in 1/100 s in a u16 (655.35 s), the netlink buffer is capped at 128 KiB, and copy_range is
-# clamped to 0xffff minus the nfattr header. The receive buffer is passed to setsockopt() as a C
-# int, hence 2**31-1.
+# clamped to 0xffff minus the nfattr header. The kernel keeps twice the receive buffer asked for,
+# capped at a C int, hence 2**30-1 (nflog.open() refuses more, as nflogr does).
 _GROUP_RANGE = (0, 65535)
 _QTHRESH_RANGE = (1, 2**32 - 1)
 _TIMEOUT_RANGE = (0, 655.35)
 _NLBUF_RANGE = (4096, 131072)
 _COPY_RANGE_RANGE = (0, 65531)
-_RCVBUF_RANGE = (4096, 2**31 - 1)
+_RCVBUF_RANGE = (4096, 2**30 - 1)
 
 _TOP_KEYS = ("listen", "metrics_path", "log_level", "max_series", "labels", "actions", "groups",
              "web_config_file")

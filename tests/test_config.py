@@ -371,8 +371,8 @@ def test_negative_group(tmp_path: Path) -> None:
     ("nlbuf", "131073", "131073 is out of range 4096-131072"),
     ("copy_range", "65532", "65532 is out of range 0-65531"),
     ("copy_range", "-1", "-1 is out of range 0-65531"),
-    ("rcvbuf", "100", "100 is out of range 4096-2147483647"),
-    ("rcvbuf_max", "2147483648", "2147483648 is out of range 4096-2147483647"),
+    ("rcvbuf", "100", "100 is out of range 4096-1073741823"),
+    ("rcvbuf_max", "1073741824", "1073741824 is out of range 4096-1073741823"),
 ])
 def test_group_setting_out_of_range(tmp_path: Path, key: str, value: str, fragment: str) -> None:
     error(tmp_path, f"groups:\n  - group: 1\n    {key}: {value}\n", 3,
