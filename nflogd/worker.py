@@ -45,6 +45,14 @@ DEAD_SOCKET_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.ENOTCONN, err
                                 errno.ECONNREFUSED})
 # The shared SeriesBudget (max_series over all groups) is the limit, not a per-group one.
 NO_KEY_LIMIT = 2**32 - 2
+# The one test hook in nflogd (README, "Test hook"): with NFLOGD_TEST_STALL_GROUP=N in the
+# environment, group N's worker stops turning its loop once running, as a worker stuck in the
+# kernel would, so the watchdog tests (tests/test_service_live.py, and tests/test_systemd_boot.py
+# under a real systemd, in a PID namespace) can see the pings stop and systemd's SIGABRT. Outside
+# tests the variable is never set. (tests/test_worker_faults.py shows strace can stall a worker
+# thread from outside too; under the booted systemd that needs the thread found across a PID
+# namespace, which this hook spares.)
+TEST_STALL_ENV = "NFLOGD_TEST_STALL_GROUP"
 
 
 def reason(e: Exception) -> str:
@@ -119,8 +127,7 @@ class GroupWorker(threading.Thread):
         self._heartbeat = time.monotonic()
         self._unbound_total = 0.0
         self._unbound_since: float | None = None  # monotonic time the group lost its socket
-        # For testing the watchdog only: this group's worker stops beating once running.
-        self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
+        self._stall = os.environ.get(TEST_STALL_ENV) == str(cfg.group)  # see TEST_STALL_ENV
 
     # -- control, from the daemon's thread ----------------------------------------------------
     def bind(self) -> None:
@@ -201,10 +208,10 @@ class GroupWorker(threading.Thread):
 
     # -- the thread ---------------------------------------------------------------------------
     def _open(self) -> nflog.Nflog:
-        c = self.cfg
-        h = nflog.open(c.group, timeout=c.timeout, qthresh=c.qthresh, nlbuf=c.nlbuf,
+        cfg = self.cfg
+        h = nflog.open(cfg.group, timeout=cfg.timeout, qthresh=cfg.qthresh, nlbuf=cfg.nlbuf,
                        rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
-                       copymode=nflog.COPY_PACKET, copyrange=c.copy_range, seq=True)
+                       copymode=nflog.COPY_PACKET, copyrange=cfg.copy_range, seq=True)
         self._error = None
         return h
 
