@@ -16,8 +16,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import RunningDaemon
-from netns import NFLOGD
+from netns import NFLOGD, VENV_PYTHON
 
 STOP_WITHIN = 1.0  # seconds from SIGTERM to exit, as the issue asks
 SIGHUP_BIT = 1 << (signal.SIGHUP - 1)
@@ -135,16 +136,26 @@ def _wait_blocked(pid: int, deadline: float) -> tuple[float, float]:
     raise AssertionError(f"nflogd (pid {pid}) never blocked SIGHUP")
 
 
-def test_sighup_right_after_exec_is_a_reload_not_a_death(make_netns, start_daemon) -> None:
+@pytest.mark.parametrize("entry", ["console-script", "python-m"])
+def test_sighup_right_after_exec_is_a_reload_not_a_death(make_netns, start_daemon, tmp_path: Path,
+                                                         entry: str) -> None:
     """SIGHUP at the first moment nflogd's code runs, and at random points of its start-up (imports,
-    config, binding, READY): the daemon comes up, takes it as a reload and exits 0 on SIGTERM."""
+    config, binding, READY): the daemon comes up, takes it as a reload and exits 0 on SIGTERM.
+    Both entries: the `nflogd` console script and `python -m nflogd`."""
     rng = random.Random(_seed())
     ns = make_netns("hupearly")
     lags = []
-    for run in range(12):
-        # Run 0..3 hit the earliest moment; the rest a random point in the first 300 ms.
+    for run in range(10):
+        # Runs 0..3 hit the earliest moment; the rest a random point in the first 300 ms.
         delay = 0.0 if run < 4 else rng.random() * 0.3
-        d = start_daemon(ns, _config(30), wait=False)
+        if entry == "console-script":
+            d = start_daemon(ns, _config(30), wait=False)
+        else:
+            port = ns.free_port()
+            path = tmp_path / f"m-{port}.yaml"
+            path.write_text(f'listen: "127.0.0.1:{port}"\n' + _config(30))
+            d = start_daemon(ns, None, port=port, wait=False,
+                             argv=[VENV_PYTHON, "-m", "nflogd", "--config", str(path)])
         exec_seen, blocked = _wait_blocked(d.proc.pid, time.monotonic() + 10)
         lags.append(blocked - exec_seen)
         while time.monotonic() < blocked + delay:
