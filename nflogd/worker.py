@@ -45,14 +45,6 @@ DEAD_SOCKET_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.ENOTCONN, err
                                 errno.ECONNREFUSED})
 # The shared SeriesBudget (max_series over all groups) is the limit, not a per-group one.
 NO_KEY_LIMIT = 2**32 - 2
-# The one test hook in nflogd (README, "Test hook"): with NFLOGD_TEST_STALL_GROUP=N in the
-# environment, group N's worker stops turning its loop once running, as a worker stuck in the
-# kernel would, so the watchdog tests (tests/test_service_live.py, and tests/test_systemd_boot.py
-# under a real systemd, in a PID namespace) can see the pings stop and systemd's SIGABRT. Outside
-# tests the variable is never set. (tests/test_worker_faults.py shows strace can stall a worker
-# thread from outside too; under the booted systemd that needs the thread found across a PID
-# namespace, which this hook spares.)
-TEST_STALL_ENV = "NFLOGD_TEST_STALL_GROUP"
 
 
 def reason(e: Exception) -> str:
@@ -127,7 +119,6 @@ class GroupWorker(threading.Thread):
         self._heartbeat = time.monotonic()
         self._unbound_total = 0.0
         self._unbound_since: float | None = None  # monotonic time the group lost its socket
-        self._stall = os.environ.get(TEST_STALL_ENV) == str(cfg.group)  # see TEST_STALL_ENV
 
     # -- control, from the daemon's thread ----------------------------------------------------
     def bind(self) -> None:
@@ -297,9 +288,6 @@ class GroupWorker(threading.Thread):
     def _drain(self, h: nflog.Nflog) -> None:
         lost_seen = h.lost
         while not self._stop_event.is_set():
-            if self._stall:
-                self._stop_event.wait()  # simulated hang: no heartbeat
-                return
             h.aggregate(self.aggregator, timeout=WAIT_SECONDS)
             if self._read_streak:
                 log.info("group %d: reading again after %d failed reads", self.cfg.group,

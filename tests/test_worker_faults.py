@@ -9,20 +9,17 @@ what nflogd exported equals nflogd_messages_lost_total, exactly. A socket that m
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from conftest import RunningDaemon, Scrape
-from netns import Netns, require_tool
+from netns import Netns
+from stall import Strace, worker_tid
 
 GROUP = 40
 PORT = 7240
 FLOOD = 60_000
-POLL_NR = 7  # x86_64 poll(2), which the worker waits in: poll([netlink, wake], 2, 500)
 
 CONFIG = f"""\
 groups:
@@ -38,39 +35,6 @@ table ip t {{
     udp dport {PORT} counter log prefix "flood" group {GROUP} comment "flood"
   }}
 }}"""
-
-
-def worker_tid(pid: int, deadline: float = 10.0) -> int:
-    """The thread of the group's worker: the one waiting in poll() on 2 fds for 500 ms."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                fields = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
-            except OSError:
-                continue
-            if fields and fields[0] == str(POLL_NR) and int(fields[2], 16) == 2 \
-                    and int(fields[3], 16) == 500:
-                return int(tid)
-        time.sleep(0.02)
-    raise AssertionError(f"no worker thread of {pid} found waiting in poll()")
-
-
-class Strace:
-    """strace attached to one thread, injecting faults until stopped (then it detaches)."""
-
-    def __init__(self, tid: int, *inject: str) -> None:
-        args = [require_tool("strace"), "-p", str(tid), "-o", "/dev/null"]
-        for spec in inject:
-            args += ["-e", f"inject={spec}"]
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()  # "strace: Process N attached"
-        assert "attached" in line, f"strace did not attach: {line}"
-
-    def stop(self) -> None:
-        self.proc.terminate()  # strace detaches and lets the thread run on
-        self.proc.wait(10)
 
 
 def flood(ns: Netns, count: int) -> threading.Thread:
@@ -125,7 +89,7 @@ def test_transient_errors_keep_the_group_bound_and_every_record_counted(
     ns.nft(RULES)
     d = start_daemon(ns, CONFIG)
     before = group_socket(ns)
-    st = Strace(worker_tid(d.proc.pid), inject)
+    st = Strace(worker_tid(d.proc.pid, GROUP), inject)
     try:
         flood(ns, FLOOD).join(120)
         time.sleep(0.5)  # the tail of the flood is read under the faults too
@@ -152,7 +116,7 @@ def test_dead_socket_is_replaced_at_once_and_the_unbound_time_shows(
     ns.nft(RULES)
     d = start_daemon(ns, CONFIG)
     before = group_socket(ns)
-    st = Strace(worker_tid(d.proc.pid), "recvfrom:error=EBADF:when=3",
+    st = Strace(worker_tid(d.proc.pid, GROUP), "recvfrom:error=EBADF:when=3",
                 "socket:error=EMFILE:when=1..3")
     try:
         deadline = time.monotonic() + 10
