@@ -15,7 +15,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Iterable
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -44,12 +44,12 @@ DEFAULT_CONFIG_PATH = "/etc/nflogd/nflogd.yaml"
 BUILTIN_SOURCE = "<built-in defaults>"
 
 # Record labels offered for nflog_packets_total / nflog_bytes_total, in SPEC order.
-LABEL_NAMES: Tuple[str, ...] = (
+LABEL_NAMES: tuple[str, ...] = (
     "group", "prefix", "action", "indev", "outdev", "physindev", "physoutdev",
     "uid", "gid", "family", "proto", "hook", "mark",
 )
-DEFAULT_LABELS: Tuple[str, ...] = ("group", "prefix", "indev", "outdev", "uid")
-LOG_LEVELS: Tuple[str, ...] = ("debug", "info", "warning", "error")
+DEFAULT_LABELS: tuple[str, ...] = ("group", "prefix", "indev", "outdev", "uid")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 # Value ranges. The kernel limits come from nfnetlink_log: qthresh is a u32, the flush timer is
 # in 1/100 s in a u16 (655.35 s), the netlink buffer is capped at 128 KiB, and copy_range is
@@ -85,7 +85,7 @@ class GroupConfig:
     copy_range: int = 128
     rcvbuf: int = 8388608
     rcvbuf_max: int = 67108864
-    labels: Tuple[Tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ActionRule:
     action: str
 
 
-DEFAULT_ACTIONS: Tuple[ActionRule, ...] = (
+DEFAULT_ACTIONS: tuple[ActionRule, ...] = (
     ActionRule(re.compile("drop|deny|block", re.IGNORECASE), "drop"),
     ActionRule(re.compile("reject", re.IGNORECASE), "reject"),
     ActionRule(re.compile("accept|allow|pass", re.IGNORECASE), "accept"),
@@ -117,10 +117,10 @@ class Config:
     metrics_path: str = "/metrics"
     log_level: str = "info"
     max_series: int = 10000
-    labels: Tuple[str, ...] = DEFAULT_LABELS
-    actions: Tuple[ActionRule, ...] = DEFAULT_ACTIONS
-    groups: Tuple[GroupConfig, ...] = (GroupConfig(group=0),)
-    web_config_file: Optional[str] = None
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    actions: tuple[ActionRule, ...] = DEFAULT_ACTIONS
+    groups: tuple[GroupConfig, ...] = (GroupConfig(group=0),)
+    web_config_file: str | None = None
     source: str = BUILTIN_SOURCE
 
     @property
@@ -178,7 +178,7 @@ class _Reader(NodeReader):
             raise self.error(node, f"{where}: cannot read {node.value!r} as "
                                    f"{type_name(node.tag)}") from None
 
-    def sequence(self, node: Node, where: str) -> List[Node]:
+    def sequence(self, node: Node, where: str) -> list[Node]:
         if not isinstance(node, SequenceNode):
             hint = " (write [] for none, or leave the key out for the default)" \
                 if node.tag == _TAG + "null" else ""
@@ -191,7 +191,7 @@ class _Reader(NodeReader):
         hint = "; put it in quotes" if isinstance(node, ScalarNode) and node.value else ""
         raise self.error(node, f"{where}: expected a string, got {_describe(node)}{hint}")
 
-    def integer(self, node: Node, where: str, lo: int, hi: Optional[int]) -> int:
+    def integer(self, node: Node, where: str, lo: int, hi: int | None) -> int:
         # bool is a subclass of int in Python, but `true` is never a sensible buffer size.
         if not (isinstance(node, ScalarNode) and node.tag == _TAG + "int"):
             raise self.error(node, f"{where}: expected an integer, got {_describe(node)}")
@@ -223,14 +223,14 @@ class _Reader(NodeReader):
 
     # --- the config schema ---------------------------------------------------------------
 
-    def config(self, root: Optional[Node]) -> Config:
+    def config(self, root: Node | None) -> Config:
         if root is None or (isinstance(root, ScalarNode) and root.tag == _TAG + "null"):
             return Config(source=self.path)  # empty file: all defaults
         if not isinstance(root, MappingNode):
             raise self.error(root, "the top level must be a mapping of settings (key: value), "
                                    f"got {_describe(root)}")
         keys = self.mapping(root, "", _TOP_KEYS)
-        kw: Dict[str, Any] = {"source": self.path}
+        kw: dict[str, Any] = {"source": self.path}
         if "listen" in keys:
             kw["listen_host"], kw["listen_port"] = self.listen(keys["listen"][1])
         if "metrics_path" in keys:
@@ -249,7 +249,7 @@ class _Reader(NodeReader):
             kw["web_config_file"] = self.web_config_file(keys["web_config_file"][1])
         return Config(**kw)
 
-    def listen(self, node: Node) -> Tuple[str, int]:
+    def listen(self, node: Node) -> tuple[str, int]:
         text = self.string(node, "listen")
         usage = 'use "host:port", e.g. ":10040" (all addresses), "127.0.0.1:10040", "[::1]:10040"'
         host, sep, port = text.rpartition(":")
@@ -294,8 +294,8 @@ class _Reader(NodeReader):
             raise self.error(node, f"log_level: {text!r} is not one of {', '.join(LOG_LEVELS)}")
         return text.lower()
 
-    def labels(self, node: Node) -> Tuple[str, ...]:
-        seen: Dict[str, Node] = {}
+    def labels(self, node: Node) -> tuple[str, ...]:
+        seen: dict[str, Node] = {}
         for i, item in enumerate(self.sequence(node, "labels")):
             where = f"labels[{i}]"
             name = self.string(item, where)
@@ -310,7 +310,7 @@ class _Reader(NodeReader):
             seen[name] = item
         return tuple(seen)
 
-    def actions(self, node: Node) -> Tuple[ActionRule, ...]:
+    def actions(self, node: Node) -> tuple[ActionRule, ...]:
         rules = []
         for i, item in enumerate(self.sequence(node, "actions")):
             where = f"actions[{i}]"
@@ -333,12 +333,12 @@ class _Reader(NodeReader):
             rules.append(ActionRule(pattern, action))
         return tuple(rules)
 
-    def groups(self, node: Node) -> Tuple[GroupConfig, ...]:
+    def groups(self, node: Node) -> tuple[GroupConfig, ...]:
         items = self.sequence(node, "groups")
         if not items:
             raise self.error(node, "groups: must list at least one group")
-        groups: List[GroupConfig] = []
-        first: Dict[int, Tuple[int, Node]] = {}  # group number -> (index, node) of its entry
+        groups: list[GroupConfig] = []
+        first: dict[int, tuple[int, Node]] = {}  # group number -> (index, node) of its entry
         for i, item in enumerate(items):
             where = f"groups[{i}]"
             group, group_node = self.group(item, where)
@@ -351,13 +351,13 @@ class _Reader(NodeReader):
             groups.append(group)
         return tuple(groups)
 
-    def group(self, node: Node, where: str) -> Tuple[GroupConfig, Node]:
+    def group(self, node: Node, where: str) -> tuple[GroupConfig, Node]:
         """Return one group entry and the node of its `group:` value (for duplicate errors)."""
         keys = self.mapping(node, where, _GROUP_KEYS)
         if "group" not in keys:
             raise self.error(node, f"{where}: missing required key 'group' (the NFLOG group "
                                    f"number {_GROUP_RANGE[0]}-{_GROUP_RANGE[1]})")
-        kw: Dict[str, Any] = {}
+        kw: dict[str, Any] = {}
         int_ranges = {"group": _GROUP_RANGE, "qthresh": _QTHRESH_RANGE, "nlbuf": _NLBUF_RANGE,
                       "copy_range": _COPY_RANGE_RANGE, "rcvbuf": _RCVBUF_RANGE,
                       "rcvbuf_max": _RCVBUF_RANGE}
@@ -376,7 +376,7 @@ class _Reader(NodeReader):
                                            f"must be at least rcvbuf ({group.rcvbuf})")
         return group, keys["group"][1]
 
-    def constant_labels(self, node: Node, where: str) -> Tuple[Tuple[str, str], ...]:
+    def constant_labels(self, node: Node, where: str) -> tuple[tuple[str, str], ...]:
         labels = []
         for name, (key, value) in self.mapping(node, where, None).items():
             lwhere = f"{where}.{name}"
@@ -399,7 +399,7 @@ class _Reader(NodeReader):
             labels.append((name, text))
         return tuple(labels)
 
-    def web_config_file(self, node: Node) -> Optional[str]:
+    def web_config_file(self, node: Node) -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
             return None
         text = self.string(node, "web_config_file")
