@@ -239,7 +239,7 @@ class Daemon:
         w.stop()
         w.join(2.0)
         self._retired_overflow += w.aggregator.overflow[0]
-        w.aggregator.clear()  # give its keys back to the shared budget now, not at garbage collection
+        w.aggregator.clear()  # its keys go back to the shared budget now, not at collection
         log.info("group %d: removed", group)
 
     # -- stop ---------------------------------------------------------------------------------

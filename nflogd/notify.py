@@ -30,7 +30,8 @@ log = logging.getLogger("nflogd.notify")
 def _address(value: str) -> str | None:
     """The AF_UNIX address for a NOTIFY_SOCKET value, or None when it is not one we can use.
 
-    "@name" is an abstract socket (a leading NUL byte); otherwise libsystemd accepts only absolute paths.
+    "@name" is an abstract socket (a leading NUL byte); otherwise libsystemd accepts only absolute
+    paths.
     """
     if value.startswith("@") and len(value) > 1:
         return "\0" + value[1:]

@@ -166,7 +166,7 @@ class GroupWorker(threading.Thread):
             h, t = self._handle, self._totals
             live = h is not None and not h.closed
             rcvbuf = 0
-            if live:
+            if h is not None and live:
                 try:
                     rcvbuf = h.rcvbuf
                 except nflog.NflogError:

@@ -41,7 +41,8 @@ def _bomb(levels: int, fan: int = 4) -> str:
 CONFIG_CASES = {
     "labels-3000-deep-flow": "labels: " + "[" * 3000 + "]" * 3000 + "\n",
     "labels-3000-deep-block": "labels:\n" + "- " * 3000 + "group\n",
-    "mapping-3000-deep": "groups:\n  - group: 1\n    labels: " + "{a: " * 3000 + "b" + "}" * 3000 + "\n",
+    "mapping-3000-deep":
+        "groups:\n  - group: 1\n    labels: " + "{a: " * 3000 + "b" + "}" * 3000 + "\n",
     "regex-overflow": "actions: [{match: 'a{99999999999}', action: drop}]\n",
     "regex-3000-groups": "actions: [{match: '" + "(" * 3000 + ")" * 3000 + "', action: drop}]\n",
     "merge-key-bomb": _bomb(12),

@@ -170,7 +170,7 @@ def test_sighup_right_after_exec_is_a_reload_not_a_death(make_netns, start_daemo
         deadline = time.monotonic() + 5
         while "reloaded" not in d.stderr() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert "reloaded" in d.stderr(), f"the early SIGHUP was not taken as a reload:\n{d.stderr()}"
+        assert "reloaded" in d.stderr(), f"the early SIGHUP was no reload:\n{d.stderr()}"
         rc, seconds = d.stop()
         assert rc == 0 and seconds < STOP_WITHIN, f"exit {rc} after {seconds:.3f}s:\n{d.stderr()}"
         assert "Traceback" not in d.stderr(), d.stderr()
