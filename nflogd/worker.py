@@ -10,7 +10,8 @@ Failures, and what each costs:
   keeps the socket: the group stays bound, the kernel keeps queueing into it, and the sequence
   numbers go on, so whatever the kernel had to drop meanwhile is still counted in ``lost``. The
   read is retried at once, then after a short pause that doubles while the failures go on.
-- A socket that is gone (DEAD_SOCKET_ERRNOS) is replaced at once; binding again backs off only
+- A socket that is gone (DEAD_SOCKET_ERRNOS), or whose every read failed for
+  READ_FAILING_REPLACE seconds, is replaced at once; binding again backs off only
   when it fails again. While no socket holds the group, the kernel logs to nobody: those records
   cannot be counted, so the time is (``unbound_seconds``, ``bound`` False, a log line on each side).
 """
@@ -37,6 +38,9 @@ BIND_RETRY_FIRST = 0.1
 BIND_RETRY_MAX = 2.0
 READ_RETRY_FIRST = 0.001
 READ_RETRY_MAX = 0.5
+# A socket whose every read has failed for this long is replaced after all: a new one is the only
+# hope left, worth the records that go uncounted while it is swapped.
+READ_FAILING_REPLACE = 10.0
 # Errors after which the socket cannot deliver again: it is replaced. Anything else (EIO, ENOMEM,
 # EINVAL, ...) is taken as passing, and the socket kept, so no queued record and no sequence
 # number is lost with it.
@@ -113,6 +117,7 @@ class GroupWorker(threading.Thread):
         self._restarts = 0
         self._receive_errors = 0
         self._read_streak = 0  # failed reads in a row, on the kept socket
+        self._read_failing_since = 0.0  # monotonic time of the streak's first failure
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
         self._next_fields: tuple[str, ...] | None = None
@@ -262,12 +267,17 @@ class GroupWorker(threading.Thread):
             except nflog.NflogClosedError:
                 continue  # stop(), or reconfigure(): the loop decides
             except nflog.NflogError as e:
-                if e.errno in DEAD_SOCKET_ERRNOS:
+                failing = time.monotonic() - self._read_failing_since if self._read_streak else 0.0
+                if e.errno in DEAD_SOCKET_ERRNOS or failing > READ_FAILING_REPLACE:
                     self._restarts += 1
                     self._error = reason(e)
+                    why = os.strerror(e.errno) if e.errno else "no errno"
+                    if e.errno not in DEAD_SOCKET_ERRNOS:
+                        why += f", every read for {failing:.0f} s"
                     log.error("group %d: socket failed (%s: %s): replacing it; records logged "
                               "while the group is unbound go uncounted", self.cfg.group,
-                              self._error, os.strerror(e.errno))
+                              self._error, why)
+                    self._read_streak = 0
                     self._retire_handle()
                 else:
                     self._read_failed(e)
@@ -278,6 +288,7 @@ class GroupWorker(threading.Thread):
         self._receive_errors += 1
         self._read_streak += 1
         if self._read_streak == 1:
+            self._read_failing_since = time.monotonic()
             log.warning("group %d: %s (%s); keeping the socket (the group stays bound, "
                         "sequence numbers count any loss) and reading on", self.cfg.group,
                         reason(e), os.strerror(e.errno) if e.errno else "no errno")

@@ -55,14 +55,30 @@ def health(s: Scrape, name: str) -> float:
     return s.value(name, group=str(GROUP))
 
 
-def accounted(d: RunningDaemon, ns: Netns, timeout: float = 15.0) -> tuple[Scrape, int]:
+def accounted(d: RunningDaemon, ns: Netns, timeout: float = 15.0, uncounted: int = 0
+              ) -> tuple[Scrape, int]:
     """Send a few markers (a gap shows only when a later record arrives), then scrape until
-    exported + lost reaches the nft counter; returns that scrape and the counter."""
+    exported + lost reaches the nft counter (less the ``uncounted`` logged while the group was
+    unbound); returns that scrape and the counter."""
     for _ in range(3):
         ns.send_udp("127.0.0.1", PORT, 5, 40)
         time.sleep(0.2)
     want = ns.counters()["flood"][0]
-    return d.wait_for(lambda s: exported(s) + lost(s) >= want, timeout), want
+    return d.wait_for(lambda s: exported(s) + lost(s) >= want - uncounted, timeout), want
+
+
+def settled(d: RunningDaemon, ns: Netns) -> tuple[Scrape, int]:
+    """After records went uncounted (the group was unbound): send markers, wait until what nflogd
+    accounts for stops moving, and return that scrape and the nft counter then."""
+    ns.send_udp("127.0.0.1", PORT, 5, 40)
+    last, same = -1, 0
+    while same < 3:
+        time.sleep(0.2)
+        s = d.scrape()
+        now = exported(s) + lost(s)
+        same = same + 1 if now == last else 0
+        last = now
+    return s, ns.counters()["flood"][0]
 
 
 def group_socket(ns: Netns) -> int:
@@ -135,10 +151,38 @@ def test_dead_socket_is_replaced_at_once_and_the_unbound_time_shows(
     assert health(s, "nflogd_group_bound") == 1
     assert group_socket(ns) != before
     # Bound again, counting is exact again: a new batch is accounted for to the record.
-    s0, c0 = accounted(d, ns)
+    s0, c0 = settled(d, ns)
     base = exported(s0) + lost(s0)
     flood(ns, 20_000).join(120)
-    s1, c1 = accounted(d, ns)
+    s1, c1 = accounted(d, ns, uncounted=c0 - base)
     assert c1 - c0 == exported(s1) + lost(s1) - base
     # What was logged while unbound is the one thing not counted, and the scrape says how long.
     assert exported(s1) + lost(s1) <= c1
+
+
+def test_a_socket_whose_every_read_fails_is_replaced_after_10_s(make_netns, start_daemon) -> None:
+    """EIO from every recvfrom: the socket is kept and retried (with a growing pause) for 10 s, then
+    replaced, as the last thing left to try; once reads work again, counting is exact again."""
+    ns = make_netns("alleio")
+    ns.nft(RULES)
+    d = start_daemon(ns, CONFIG)
+    st = Strace(worker_tid(d.proc.pid, GROUP), "recvfrom:error=EIO")
+    start = time.monotonic()
+    try:
+        while "every read for" not in d.stderr() and time.monotonic() < start + 25:
+            ns.send_udp("127.0.0.1", PORT, 5, 40)
+            time.sleep(0.2)
+        replaced_after = time.monotonic() - start
+    finally:
+        st.stop()
+    err = d.stderr()
+    assert "every read for" in err and "replacing it" in err, err
+    print(f"\nreplaced {replaced_after:.1f} s after every read began to fail")
+    assert 10 <= replaced_after < 16
+    s0, c0 = settled(d, ns)
+    assert health(s0, "nflogd_worker_restarts_total") >= 1
+    assert health(s0, "nflogd_group_bound") == 1
+    base = exported(s0) + lost(s0)
+    flood(ns, 10_000).join(120)
+    s1, c1 = accounted(d, ns, uncounted=c0 - base)
+    assert c1 - c0 == exported(s1) + lost(s1) - base
