@@ -10,7 +10,8 @@ bytes a file holds, reading it ends, quickly, in nodes or in one ConfigError lin
 - aliases may repeat at most MAX_ALIAS_EXPANSION values in all, counted as a reader walks them,
   and none may contain itself: merge keys (``<<: *a``) nested a few levels were the billion-laughs
   shape, seconds per kilobyte, each level multiplying the time;
-- a file larger than MAX_FILE_BYTES is not read; bytes that are not UTF-8 and characters YAML
+- a file larger than MAX_FILE_BYTES (2 MiB) is not read, an error line is at most MAX_MESSAGE
+  characters; bytes that are not UTF-8 and characters YAML
   forbids are reported at their line and column.
 
 NodeReader holds what both schemas share (located errors, mappings without duplicate keys); the
@@ -29,7 +30,10 @@ __all__ = ["ConfigError", "MAX_ALIAS_EXPANSION", "MAX_DEPTH", "MAX_FILE_BYTES", 
 
 MAX_DEPTH = 64  # nflogd's deepest setting is 4 levels down
 MAX_ALIAS_EXPANSION = 10_000  # values that aliases may add to a document, in all
-MAX_FILE_BYTES = 16 * 1024 * 1024
+# PyYAML composes ~2-3 MB/s here: 2 MiB keeps the worst file near a second. nflogd.yaml is a few
+# hundred bytes; even 65535 `networks:` prefixes fit.
+MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_MESSAGE = 500  # characters of one error line: a value quoted in it is cut, not echoed whole
 TAG = "tag:yaml.org,2002:"
 
 
@@ -44,7 +48,10 @@ class ConfigError(Exception):
         self.path = path
         self.line = line
         self.column = column if line is not None else None
-        self.message = " ".join(message.split())  # one line, whatever an OS or library said
+        message = " ".join(message.split())  # one line, whatever an OS or library said
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE - 3] + "..."
+        self.message = message
         where = path
         if line is not None:
             where += f":{line}"
@@ -131,7 +138,7 @@ def _compose(path: str, what: str) -> tuple[Node | None, yaml.SafeLoader]:
                                             f"{e.strerror or e}") from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(path, None, None, f"larger than {MAX_FILE_BYTES >> 20} MiB: "
-                                            "not a configuration file")
+                                            "refused (nflogd's files are a few kilobytes)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

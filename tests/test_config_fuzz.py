@@ -60,6 +60,8 @@ CONFIG_CASES = {
     "python-tag": "log_level: !!python/object/apply:os.system [id]\n",
     "not-utf8": "log_level: info\n# caf\xe9\n",
     "two-documents": "log_level: info\n---\nlog_level: debug\n",
+    "half-megabyte-value": "log_level: " + "a" * 500_000 + "\n",
+    "half-megabyte-key": "x" * 500_000 + ": 1\n",
 }
 WEB_CASES = {
     "tls-3000-deep": "tls_server_config: " + "{a: " * 3000 + "b" + "}" * 3000 + "\n",
@@ -102,6 +104,7 @@ def _check(load: Callable[[str], object], path: Path, what: str) -> str | None:
     assert took < PER_FILE, f"{what}: {took:.2f} s\n{path.read_bytes()[:2000]!r}"
     if message is not None:
         assert "\n" not in message, message
+        assert len(message) <= len(str(path)) + 520, f"{what}: a {len(message)}-character line"
         assert re.match(LOCATED.format(path=re.escape(str(path))), message), \
             f"{what}: not located: {message}"
     return message
@@ -129,6 +132,17 @@ def test_web_config_case_is_one_located_line(tmp_path: Path, name: str) -> None:
     assert message is not None, f"{name} was accepted"
     assert "position" not in message, message
     print(f"\n{message[:160]}")
+
+
+def test_a_file_over_2_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = _write(tmp_path / "nflogd.yaml", "log_level: info\n" + "#" * (3 << 20) + "\n")
+    for load in (load_config, load_web_config):
+        start = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            load(str(path))
+        assert time.monotonic() - start < PER_FILE
+        assert str(e.value) == f"{path}: larger than 2 MiB: refused (nflogd's files are a few " \
+                               "kilobytes)"
 
 
 # --- thousands of mutations, in-process -------------------------------------------------------
