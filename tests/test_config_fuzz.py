@@ -282,14 +282,23 @@ def test_check_config_of_a_bad_web_config_exits_2(tmp_path: Path, name: str) -> 
 
 # --- reload: the old config stays -----------------------------------------------------------
 
-def test_reload_with_each_bad_file_keeps_the_old_config(make_netns, start_daemon) -> None:
+def test_reload_with_each_bad_file_keeps_the_old_config(make_netns, start_daemon,
+                                                        tmp_path: Path) -> None:
     ns = make_netns("fuzzreload")
-    d: RunningDaemon = start_daemon(ns, "groups:\n  - group: 50\n")
+    web = tmp_path / "web.yml"
+    web.write_text("")
+    d: RunningDaemon = start_daemon(ns, f"web_config_file: {web}\ngroups:\n  - group: 50\n")
     good = d.config_path.read_text()
-    for name, text in CONFIG_CASES.items():
-        if name == "merge-key-bomb-small":
-            continue  # valid
-        if name == "not-utf8":
+    cases = [(name, "config", text) for name, text in CONFIG_CASES.items()
+             if name != "merge-key-bomb-small"]  # that one is valid
+    cases += [(name, "web", text) for name, text in WEB_CASES.items()]
+    for name, which, text in cases:
+        d.config_path.write_text(good)
+        web.write_text("")
+        bad = web if which == "web" else d.config_path
+        if which == "web":
+            web.write_text(text)
+        elif name == "not-utf8":
             d.config_path.write_bytes(good.encode() + b"# caf\xe9\n")
         else:
             d.config_path.write_text(good + text if not text.startswith("groups:") else
@@ -301,12 +310,14 @@ def test_reload_with_each_bad_file_keeps_the_old_config(make_netns, start_daemon
             assert d.proc.poll() is None, f"{name}: nflogd died: {d.stderr()}"
             time.sleep(0.02)
         line = d.stderr().splitlines()[-1]
-        assert "reload refused" in line and str(d.config_path) in line, f"{name}: {line}"
+        assert "reload refused" in line and re.search(rf"{re.escape(str(bad))}:\d+", line), \
+            f"{which} {name}: {line}"
         s = d.scrape()
         assert s.value("nflogd_config_last_reload_successful") == 0, name
         assert s.value("nflogd_group_bound", group="50") == 1, name
     assert "Traceback" not in d.stderr(), d.stderr()
     d.config_path.write_text(good)
+    web.write_text("")
     d.send(signal.SIGHUP)
     d.wait_for(lambda s: s.value("nflogd_config_last_reload_successful") == 1)
     assert d.scrape().value("nflogd_config_last_reload_successful") == 1
