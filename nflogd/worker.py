@@ -11,9 +11,10 @@ Failures, and what each costs:
   numbers go on, so whatever the kernel had to drop meanwhile is still counted in ``lost``. The
   read is retried at once, then after a short pause that doubles while the failures go on.
 - A socket that is gone (DEAD_SOCKET_ERRNOS), or whose every read failed for
-  READ_FAILING_REPLACE seconds, is replaced at once; binding again backs off only
-  when it fails again. While no socket holds the group, the kernel logs to nobody: those records
-  cannot be counted, so the time is (``unbound_seconds``, ``bound`` False, a log line on each side).
+  READ_FAILING_REPLACE seconds, is replaced at once; binding again backs off only when it fails
+  again. While no socket holds the group, the kernel logs to nobody: those records cannot be
+  counted, so the time is shown instead (``unbound_seconds``, ``bound`` False, a log line when
+  the socket fails and one when the group is bound again).
 """
 
 from __future__ import annotations
