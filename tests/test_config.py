@@ -261,7 +261,8 @@ def test_duplicate_key_in_flow_mapping(tmp_path: Path) -> None:
 
 
 def test_recursive_merge_key(tmp_path: Path) -> None:
-    error(tmp_path, "groups:\n  - &g\n    <<: *g\n    group: 1\n", 2, "an alias refers to a value that contains it")
+    error(tmp_path, "groups:\n  - &g\n    <<: *g\n    group: 1\n", 2,
+          "an alias refers to a value that contains it")
 
 
 # --- unknown keys --------------------------------------------------------------------------

@@ -367,7 +367,8 @@ def test_watchdog_stops_when_a_worker_is_stuck(make_netns, procs, notify_socket,
         # still runs: a STATUS= was sent after the pings stopped, and SIGTERM stops it cleanly.
         status, body = http_get(ns, url)
         assert status == 200
-        assert metric_value(body, "nflog_packets_total", group="0", prefix="out accept", action="accept") == 50
+        assert metric_value(body, "nflog_packets_total", group="0", prefix="out accept",
+                            action="accept") == 50
         assert ns.counters()["logged"][0] == 50
         assert any("STATUS" in m and m.at - t_stall > max(pings) for m in msgs.snapshot()), msgs.dump()
     finally:
