@@ -5,7 +5,7 @@ VENV      ?= .venv
 PREFIX    ?= /opt/nflogd
 # System packages: the build (compiler, headers, libnetfilter_log), and the real tools the tests drive.
 APT_BUILD := build-essential pkg-config python3-dev python3-venv libnetfilter-log-dev libmnl-dev
-APT_TEST  := nftables iptables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd valgrind
+APT_TEST  := nftables iptables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd valgrind strace
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.built
 SOURCES := $(wildcard csrc/*.c csrc/*.h) setup.py pyproject.toml

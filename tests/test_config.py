@@ -205,7 +205,7 @@ def test_unprintable_character(tmp_path: Path) -> None:
 
 
 def test_config_error_is_one_line_and_picklable() -> None:
-    e = ConfigError("first\nsecond", "/x.yaml", 3, 4)
+    e = ConfigError("/x.yaml", 3, 4, "first\nsecond")
     assert str(e) == "/x.yaml:3:4: first second"
     copy = pickle.loads(pickle.dumps(e))
     assert (str(copy), copy.path, copy.line, copy.column) == (str(e), "/x.yaml", 3, 4)
@@ -261,7 +261,8 @@ def test_duplicate_key_in_flow_mapping(tmp_path: Path) -> None:
 
 
 def test_recursive_merge_key(tmp_path: Path) -> None:
-    error(tmp_path, "groups:\n  - &g\n    <<: *g\n    group: 1\n", 2, "merge key refers to itself")
+    error(tmp_path, "groups:\n  - &g\n    <<: *g\n    group: 1\n", 2,
+          "an alias refers to a value that contains it")
 
 
 # --- unknown keys --------------------------------------------------------------------------
