@@ -21,7 +21,7 @@ from typing import Sequence
 from . import nflog
 from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
 from .config import Config, ConfigError, GroupConfig, load_config
-from .httpserver import MetricsServer
+from .http import MetricsServer
 from .ifnames import InterfaceNames
 from .notify import Notifier
 from .webconfig import WebConfig, WebConfigError, load_web_config
@@ -109,8 +109,16 @@ class Daemon:
         return load_web_config(path) if path else None
 
     def _make_server(self, cfg: Config, web: WebConfig | None) -> MetricsServer:
-        return MetricsServer(cfg.listen_host, cfg.listen_port, metrics_path=cfg.metrics_path,
-                             render=self.exposition.render, web_config=web)
+        return MetricsServer([(cfg.listen_host, cfg.listen_port)], metrics_path=cfg.metrics_path,
+                             render=self.exposition.render, web_config=web,
+                             readiness=self.readiness)
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /-/ready: every configured group bound (cheap: it runs on the HTTP event loop)."""
+        unbound = sorted(g for g, w in list(self.workers.items()) if not w.stats().bound)
+        if unbound:
+            return False, "groups not bound: " + ", ".join(map(str, unbound))
+        return True, ""
 
     def start(self) -> None:
         # systemd's watchdog kills with SIGABRT: print every thread's stack to stderr (the journal)
