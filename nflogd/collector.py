@@ -177,8 +177,17 @@ class HealthCollector:
             "nflogd_decode_errors", "Malformed NFLOG messages skipped.", labels=g),
             lambda s: s.decode_errors)
         yield per_group(CounterMetricFamily(
-            "nflogd_worker_restarts", "Worker restarts after a socket failure.", labels=g),
+            "nflogd_worker_restarts", "Sockets replaced after they failed (the group was unbound "
+            "meanwhile).", labels=g),
             lambda s: s.restarts)
+        yield per_group(CounterMetricFamily(
+            "nflogd_receive_errors", "Failed reads that kept the socket bound: retried, any loss "
+            "still counted in nflogd_messages_lost_total.", labels=g),
+            lambda s: s.receive_errors)
+        yield per_group(CounterMetricFamily(
+            "nflogd_group_unbound_seconds", "Seconds the group had no socket: records logged "
+            "then reached nobody and are not counted anywhere.", labels=g),
+            lambda s: s.unbound_seconds)
         yield per_group(GaugeMetricFamily(
             "nflogd_receive_buffer_bytes", "Socket receive buffer of the group as the kernel reports "
             "it (twice the size asked for: the kernel's bookkeeping).", labels=g),
