@@ -10,7 +10,11 @@
 const char *const agg_field_names[F_NFIELDS] = {
 	"group", "prefix", "indev", "outdev", "physindev", "physoutdev",
 	"uid", "gid", "family", "proto", "hook", "mark", "hwproto",
+	"saddr", "daddr", "sport", "dport", "icmp_type", "tcp_flags", "src_net", "dst_net",
+	"ct_state",
 };
+
+#define FIELDS_ADDR ((1u << F_SADDR) | (1u << F_DADDR) | (1u << F_SRC_NET) | (1u << F_DST_NET))
 
 #define INITIAL_SLOTS 64
 
@@ -43,6 +47,33 @@ static inline bool key_equal(const struct agg_key *a, const struct agg_key *b)
 	return memcmp(a, b, AGG_KEY_FIXED + a->prefix_len) == 0;
 }
 
+/* Addresses reduced to the mask before hashing, so one key holds a whole prefix; networks are
+ * matched on the full address. */
+static void key_addresses(const struct agg_table *t, const struct nfd_record *r, struct agg_key *k)
+{
+	uint8_t sa[16], da[16];
+	uint32_t f = t->fields;
+	int fam = nfd_record_addrs(r, sa, da);
+	unsigned n = fam == 4 ? 4 : 16;
+
+	if (!fam)
+		return;
+	if (f & ((1u << F_SADDR) | (1u << F_DADDR)))
+		k->addr_family = (uint8_t)fam;
+	if (t->nets && (f & (1u << F_SRC_NET)))
+		k->src_net = (uint16_t)nfd_nets_lookup(t->nets, fam, sa);
+	if (t->nets && (f & (1u << F_DST_NET)))
+		k->dst_net = (uint16_t)nfd_nets_lookup(t->nets, fam, da);
+	if (f & (1u << F_SADDR)) {
+		memcpy(k->saddr, sa, n);
+		nfd_mask_addr(k->saddr, fam, fam == 4 ? t->mask4 : t->mask6);
+	}
+	if (f & (1u << F_DADDR)) {
+		memcpy(k->daddr, da, n);
+		nfd_mask_addr(k->daddr, fam, fam == 4 ? t->mask4 : t->mask6);
+	}
+}
+
 /* Only the chosen fields go into the key; the rest stay zero so records differing there merge. */
 static void key_build(const struct agg_table *t, const struct nfd_record *r, struct agg_key *k)
 {
@@ -70,6 +101,21 @@ static void key_build(const struct agg_table *t, const struct nfd_record *r, str
 	if (f & (1u << F_HOOK)) k->hook = r->hook;
 	if (f & (1u << F_MARK)) k->mark = r->mark;
 	if (f & (1u << F_HWPROTO)) k->hwproto = r->hw_protocol;
+	if (f & FIELDS_ADDR)
+		key_addresses(t, r, k);
+	if (f & ((1u << F_SPORT) | (1u << F_DPORT))) {
+		uint16_t sport, dport;
+		if (nfd_record_ports(r, &sport, &dport)) {
+			k->flags |= KEY_HAS_PORTS;
+			if (f & (1u << F_SPORT)) k->sport = sport;
+			if (f & (1u << F_DPORT)) k->dport = dport;
+		}
+	}
+	if ((f & (1u << F_ICMP_TYPE)) && nfd_record_icmp_type(r, &k->icmp_type))
+		k->flags |= KEY_HAS_ICMP | (r->l4proto == 58 ? KEY_ICMP6 : 0);
+	if ((f & (1u << F_TCP_FLAGS)) && nfd_record_tcp_flags(r, &k->tcp_flags))
+		k->flags |= KEY_HAS_TCP_FLAGS;
+	if (f & (1u << F_CT_STATE)) k->ct_state = (uint8_t)nfd_record_ct_state(r);
 	if ((f & (1u << F_PREFIX)) && r->prefix_len) {
 		k->prefix_len = (uint8_t)r->prefix_len;
 		memcpy(k->prefix, r->prefix, r->prefix_len);
@@ -80,6 +126,8 @@ int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_b
 {
 	memset(t, 0, sizeof(*t));
 	t->fields = fields;
+	t->mask4 = 32;
+	t->mask6 = 128;
 	t->max_keys = max_keys;
 	t->budget = budget;
 	t->nslots = INITIAL_SLOTS;

@@ -9,11 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "netmatch.h"
 #include "record.h"
 
+/* The C side of nflogd/labels.py's table: a test keeps agg_field_names equal to its fields. */
 enum agg_field {
 	F_GROUP, F_PREFIX, F_INDEV, F_OUTDEV, F_PHYSINDEV, F_PHYSOUTDEV,
-	F_UID, F_GID, F_FAMILY, F_PROTO, F_HOOK, F_MARK, F_HWPROTO, F_NFIELDS
+	F_UID, F_GID, F_FAMILY, F_PROTO, F_HOOK, F_MARK, F_HWPROTO,
+	/* From the copied payload (parsed only when one of these is a field). */
+	F_SADDR, F_DADDR, F_SPORT, F_DPORT, F_ICMP_TYPE, F_TCP_FLAGS, F_SRC_NET, F_DST_NET,
+	F_CT_STATE, F_NFIELDS
 };
 
 extern const char *const agg_field_names[F_NFIELDS];
@@ -22,13 +27,22 @@ extern const char *const agg_field_names[F_NFIELDS];
 #define KEY_HAS_UID 1u
 #define KEY_HAS_GID 2u
 #define KEY_HAS_PROTO 4u
+#define KEY_HAS_PORTS 8u
+#define KEY_HAS_ICMP 16u
+#define KEY_ICMP6 32u      /* the ICMP type is ICMPv6's */
+#define KEY_HAS_TCP_FLAGS 64u
 
-/* Fixed part first, in 8-byte words, so hashing and comparing are word loops. */
+/* Fixed part first, in 8-byte words, so hashing and comparing are word loops. Addresses take 16
+ * bytes whatever the family (addr_family says which), already reduced to the table's mask. */
 struct agg_key {
 	uint32_t indev, outdev, physindev, physoutdev;
 	uint32_t uid, gid, mark;
 	uint16_t group, hwproto;
 	uint8_t family, proto, hook, flags;
+	uint8_t addr_family, icmp_type, tcp_flags, ct_state;  /* addr_family 4, 6 or 0: none */
+	uint16_t sport, dport;
+	uint16_t src_net, dst_net;   /* 1-based index into the table's networks; 0: none */
+	uint8_t saddr[16], daddr[16];
 	uint8_t prefix_len, pad[3];
 	char prefix[NFD_PREFIX_MAX + 1];
 };
@@ -49,6 +63,8 @@ struct agg_budget {
 struct agg_table {
 	pthread_mutex_t lock;
 	uint32_t fields;            /* bit per enum agg_field */
+	uint8_t mask4, mask6;       /* address_mask: prefix lengths saddr/daddr are reduced to */
+	const struct nfd_nets *nets;  /* for src_net/dst_net; owned by the caller, may be NULL */
 	size_t max_keys;
 	struct agg_budget *budget;  /* may be NULL */
 	uint32_t *slots;            /* open addressing: index + 1 into entries; 0 = empty */

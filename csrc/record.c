@@ -38,7 +38,9 @@ bool nfd_is_packet_msg(const struct nlmsghdr *nlh)
 	return nlh->nlmsg_type == ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET);
 }
 
-/* Walk IPv6 extension headers to the upper-layer protocol; bounded by the payload and a hop count. */
+/* Walk IPv6 extension headers to the upper-layer protocol, as the kernel's ipv6_find_hdr does;
+ * bounded by the payload and a hop count. A fragment header with a non-zero offset ends the walk:
+ * what follows is the middle of someone else's transport header. */
 static void parse_ipv6_l4(struct nfd_record *rec)
 {
 	const uint8_t *p = rec->payload;
@@ -55,9 +57,15 @@ static void parse_ipv6_l4(struct nfd_record *rec)
 				return;
 			hlen = ((uint32_t)p[off + 1] + 1) * 8;
 			break;
-		case 44:  /* fragment */
-			if (off + 2 > len)
+		case 44:  /* fragment: fixed 8 bytes, the offset in its 13 high bits of bytes 2-3 */
+			if (off + 8 > len)
 				return;
+			if (get_be16(p + off + 2) & 0xfff8) {
+				rec->l4proto = p[off];
+				rec->has_l4proto = true;
+				rec->fragment = true;
+				return;
+			}
 			hlen = 8;
 			break;
 		case 51:  /* authentication header */
@@ -68,6 +76,8 @@ static void parse_ipv6_l4(struct nfd_record *rec)
 		default:
 			rec->l4proto = next;
 			rec->has_l4proto = true;
+			if (off < len)
+				rec->l4_off = (uint16_t)off;  /* len < 65536: the payload attribute's bound */
 			return;
 		}
 		next = p[off];
@@ -75,7 +85,8 @@ static void parse_ipv6_l4(struct nfd_record *rec)
 	}
 }
 
-/* Bytes and L4 protocol from the IP header: the payload may be cut at the copy range, the header is not. */
+/* Bytes and L4 protocol from the IP header: the payload may be cut at the copy range, the header is
+ * not. Also where the transport header starts, for the labels that read it (only when asked). */
 static void parse_ip(struct nfd_record *rec)
 {
 	const uint8_t *p = rec->payload;
@@ -90,17 +101,99 @@ static void parse_ip(struct nfd_record *rec)
 	bool want6 = rec->hw_protocol == ETHERTYPE_IPV6 || rec->family == 10;
 	if (version == 4 && want4 && len >= 20) {
 		uint16_t tot_len = get_be16(p + 2);
+		uint32_t ihl = (uint32_t)(p[0] & 0x0f) * 4;
 		/* 0 marks a BIG TCP GSO packet over 64 KiB: keep the copied length, as for jumbograms. */
 		if (tot_len != 0)
 			rec->ip_len = tot_len;
 		rec->l4proto = p[9];
 		rec->has_l4proto = true;
+		rec->ip_version = 4;
+		if (get_be16(p + 6) & 0x1fff)
+			rec->fragment = true;
+		else if (ihl >= 20 && ihl < len)
+			rec->l4_off = (uint16_t)ihl;  /* options included: IHL says where they end */
 	} else if (version == 6 && want6 && len >= 40) {
 		uint16_t plen = get_be16(p + 4);
 		/* A zero payload length means a jumbogram: keep the copied length. */
 		if (plen != 0)
 			rec->ip_len = 40u + plen;
+		rec->ip_version = 6;
 		parse_ipv6_l4(rec);
+	}
+}
+
+/* The transport header when `need` bytes of it lie inside both the copy and the IP packet (bytes
+ * past the IP length are link-layer padding, not header), else NULL. */
+static const uint8_t *l4_header(const struct nfd_record *rec, uint32_t need)
+{
+	uint32_t limit = rec->payload_len;
+	if (!rec->l4_off || rec->fragment)
+		return NULL;
+	if (rec->ip_len && rec->ip_len < limit)
+		limit = rec->ip_len;
+	if ((uint32_t)rec->l4_off + need > limit)
+		return NULL;
+	return rec->payload + rec->l4_off;
+}
+
+int nfd_record_addrs(const struct nfd_record *rec, uint8_t saddr[16], uint8_t daddr[16])
+{
+	if (rec->ip_version == 4) {  /* parse_ip saw >= 20 bytes */
+		memcpy(saddr, rec->payload + 12, 4);
+		memcpy(daddr, rec->payload + 16, 4);
+	} else if (rec->ip_version == 6) {  /* and >= 40 here */
+		memcpy(saddr, rec->payload + 8, 16);
+		memcpy(daddr, rec->payload + 24, 16);
+	}
+	return rec->ip_version;
+}
+
+bool nfd_record_ports(const struct nfd_record *rec, uint16_t *sport, uint16_t *dport)
+{
+	const uint8_t *h;
+	switch (rec->l4proto) {
+	case 6: case 17: case 33: case 132: case 136:  /* TCP, UDP, DCCP, SCTP, UDP-Lite */
+		break;
+	default:
+		return false;
+	}
+	if (!rec->has_l4proto || !(h = l4_header(rec, 4)))
+		return false;
+	*sport = get_be16(h);
+	*dport = get_be16(h + 2);
+	return true;
+}
+
+bool nfd_record_icmp_type(const struct nfd_record *rec, uint8_t *type)
+{
+	const uint8_t *h;
+	if (!rec->has_l4proto || !((rec->l4proto == 1 && rec->ip_version == 4) ||
+				   (rec->l4proto == 58 && rec->ip_version == 6)))
+		return false;
+	if (!(h = l4_header(rec, 1)))
+		return false;
+	*type = h[0];
+	return true;
+}
+
+bool nfd_record_tcp_flags(const struct nfd_record *rec, uint8_t *flags)
+{
+	const uint8_t *h;
+	if (!rec->has_l4proto || rec->l4proto != 6 || !(h = l4_header(rec, 14)))
+		return false;
+	*flags = h[13];
+	return true;
+}
+
+enum nfd_ct_state nfd_record_ct_state(const struct nfd_record *rec)
+{
+	if (!REC_HAS(rec, NFULA_CT_INFO))
+		return NFD_CT_NONE;
+	switch (rec->ct_info) {  /* enum ip_conntrack_info; the _REPLY values are the same states */
+	case 0: case 3: return NFD_CT_ESTABLISHED;
+	case 1: case 4: return NFD_CT_RELATED;
+	case 2: return NFD_CT_NEW;
+	default: return NFD_CT_NONE;
 	}
 }
 
@@ -144,6 +237,7 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 		case NFULA_UID:
 		case NFULA_GID:
 		case NFULA_SEQ:
+		case NFULA_CT_INFO:
 			if (vlen < 4)
 				return -EBADMSG;
 			{
@@ -156,6 +250,7 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 				case NFULA_IFINDEX_PHYSOUTDEV: rec->physoutdev = x; break;
 				case NFULA_UID: rec->uid = x; break;
 				case NFULA_GID: rec->gid = x; break;
+				case NFULA_CT_INFO: rec->ct_info = x; break;
 				default: rec->seq = x; break;
 				}
 			}

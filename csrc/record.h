@@ -38,7 +38,28 @@ struct nfd_record {
 	bool has_l4proto;
 	uint8_t l4proto;
 	uint32_t ip_len;              /* IP total length; payload_len when unknown; 0 with no payload */
+	/* Where the rest lives, found by the same walk, so labels read them only when configured
+	 * (nfd_record_ports() etc.): 4 or 6 when the payload holds a whole IP header, else 0. */
+	uint8_t ip_version;
+	bool fragment;                /* a non-first fragment: no transport header in it */
+	uint16_t l4_off;              /* offset of the transport header in payload; 0: none found */
+	uint32_t ct_info;             /* NFULA_CT_INFO (enum ip_conntrack_info), when present */
 };
+
+/* Conntrack state of a record, from NFULA_CT_INFO: 0 when the kernel sent none. */
+enum nfd_ct_state { NFD_CT_NONE, NFD_CT_NEW, NFD_CT_ESTABLISHED, NFD_CT_RELATED };
+
+/* Source and destination address: copies 4 (IPv4) or 16 (IPv6) bytes each into saddr/daddr and
+ * returns 4 or 6; 0 when the record has no whole IP header. */
+int nfd_record_addrs(const struct nfd_record *rec, uint8_t saddr[16], uint8_t daddr[16]);
+/* TCP, UDP, UDP-Lite, SCTP and DCCP ports (host order): true when the packet has them. A
+ * non-first fragment, another protocol, or a copy too short to hold them gives false. */
+bool nfd_record_ports(const struct nfd_record *rec, uint16_t *sport, uint16_t *dport);
+/* ICMP (l4proto 1) or ICMPv6 (58) type: true when there is one. */
+bool nfd_record_icmp_type(const struct nfd_record *rec, uint8_t *type);
+/* The TCP flags byte (FIN 0x01 .. CWR 0x80): true for a TCP header held in the copy. */
+bool nfd_record_tcp_flags(const struct nfd_record *rec, uint8_t *flags);
+enum nfd_ct_state nfd_record_ct_state(const struct nfd_record *rec);
 
 /* Parse one NFULNL_MSG_PACKET message. Returns 0, or -EBADMSG when a length is inconsistent. */
 int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec);

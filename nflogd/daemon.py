@@ -15,7 +15,7 @@ import time
 from typing import Sequence
 
 from . import nflog
-from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
+from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus
 from .config import Config, ConfigError, GroupConfig, load_config
 from .httpserver import MetricsServer
 from .ifnames import InterfaceNames
@@ -66,7 +66,7 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, gcfg: GroupConfig, cfg: Config) -> GroupWorker:
-        return GroupWorker(gcfg, fields_for(cfg.labels), self.budget)
+        return GroupWorker(gcfg, cfg.key_spec, self.budget)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
@@ -201,7 +201,7 @@ class Daemon:
             self.server.reload(web)  # raises WebConfigError, keeping the old web config
             self.server.set_metrics_path(new.metrics_path)
         self.budget.limit = new.max_series
-        fields = fields_for(new.labels)
+        spec = new.key_spec
         wanted = {g.group: g for g in new.groups}
         for group in [g for g in self.workers if g not in wanted]:
             self._retire_worker(group)
@@ -209,7 +209,7 @@ class Daemon:
             w = self.workers.get(group)
             if w is not None:
                 w.reconfigure(gcfg)  # in place: the group stays bound, nothing is lost
-                w.relabel(fields)
+                w.relabel(spec)
                 continue
             w = self._new_worker(gcfg, new)
             try:

@@ -50,11 +50,8 @@ __all__ = [
     "FAMILY_NAMES", "HOOK_NAMES", "PROTO_NAMES",
 ]
 
-# Names for the numbers records carry, for labels and logs.
-FAMILY_NAMES = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
-HOOK_NAMES = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
-PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 33: "dccp", 41: "ipv6", 47: "gre",
-               50: "esp", 51: "ah", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+# Names for the numbers records carry, for labels and logs: defined with the labels.
+from .labels import FAMILY_NAMES, HOOK_NAMES, PROTO_NAMES  # noqa: E402
 
 _builtin_open = builtins.open
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import nflog
 from .config import GroupConfig
+from .labels import KeySpec
 
 log = logging.getLogger("nflogd.worker")
 
@@ -50,6 +51,18 @@ class WorkerStats:
     error: str | None
 
 
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A worker's record counters copied at one instant, with what they are keyed by: all the
+    collector needs to render them, so it never reaches into a live worker."""
+
+    group: int
+    group_config: GroupConfig
+    spec: KeySpec
+    rows: tuple[tuple[tuple[object, ...], int, int], ...]  # (key, packets, bytes)
+    overflow: tuple[int, int]  # (packets, bytes) over the series budget
+
+
 class _Totals:
     """Counters of closed handles, so the exported totals never go backwards on a restart."""
 
@@ -77,12 +90,13 @@ _NO_HANDLE = _NoHandle()
 class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
-    def __init__(self, cfg: GroupConfig, fields: tuple[str, ...],
-                 budget: nflog.SeriesBudget) -> None:
+    def __init__(self, cfg: GroupConfig, spec: KeySpec, budget: nflog.SeriesBudget) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
         self._budget = budget
-        self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget)
+        # One tuple, replaced in one assignment, so a reader never pairs a spec with another's
+        # aggregator.
+        self._current: tuple[KeySpec, nflog.Aggregator] = (spec, self._new_aggregator(spec))
         self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
         self._handle: nflog.Nflog | None = None
         self._totals = _Totals()
@@ -91,7 +105,7 @@ class GroupWorker(threading.Thread):
         self._restarts = 0
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
-        self._next_fields: tuple[str, ...] | None = None
+        self._next_spec: KeySpec | None = None
         self._heartbeat = time.monotonic()
         # For testing the watchdog only: this group's worker stops beating once running.
         self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
@@ -123,15 +137,29 @@ class GroupWorker(threading.Thread):
                           cfg.group, reason(e))
                 h.close()  # wakes aggregate(); the loop binds again with the new settings
 
-    def relabel(self, fields: tuple[str, ...]) -> None:
-        """Count by other fields from now on; the worker swaps its Aggregator between two reads."""
-        self._next_fields = fields
+    def relabel(self, spec: KeySpec) -> None:
+        """Count by another key from now on; the worker swaps its Aggregator between two reads."""
+        self._next_spec = spec
 
     def stop(self) -> None:
         self._stop_event.set()
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
+
+    @property
+    def aggregator(self) -> nflog.Aggregator:
+        return self._current[1]
+
+    @property
+    def spec(self) -> KeySpec:
+        return self._current[0]
+
+    def snapshot(self) -> WorkerSnapshot:
+        """The record counters now, frozen, with the spec they were counted by."""
+        (spec, agg), cfg = self._current, self.cfg
+        return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
+                              rows=tuple(agg.snapshot()), overflow=agg.overflow)
 
     def stats(self) -> WorkerStats:
         with self._lock:
@@ -172,14 +200,18 @@ class GroupWorker(threading.Thread):
                                            or self._last_message_time)
                 self._handle = None
 
+    def _new_aggregator(self, spec: KeySpec) -> nflog.Aggregator:
+        return nflog.Aggregator(spec.fields, max_keys=NO_KEY_LIMIT, budget=self._budget,
+                                address_mask=spec.address_mask, networks=spec.networks)
+
     def _swap_aggregator(self) -> None:
         """Called by the worker thread only, between two aggregate() calls, so no record is
         folded into an aggregator that is already gone."""
-        fields, self._next_fields = self._next_fields, None
-        if fields is not None and fields != self.aggregator.fields:
+        spec, self._next_spec = self._next_spec, None
+        if spec is not None and spec != self.spec:
             old = self.aggregator
             old.clear()  # its keys go back to the shared budget first
-            self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=self._budget)
+            self._current = (spec, self._new_aggregator(spec))
 
     def run(self) -> None:
         backoff = BACKOFF_FIRST
