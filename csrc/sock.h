@@ -27,6 +27,7 @@ struct nfd_config {
 	int rcvbuf;           /* 0 = system default */
 	int enobufs;
 	bool seq;
+	bool conntrack;       /* NFULNL_CFG_F_CONNTRACK, for the ct_state label; bind only */
 };
 
 struct nfd_sock {

@@ -8,8 +8,9 @@ from typing import Callable, Iterable, Iterator, Literal, Optional, Tuple, TypeV
 
 _H = TypeVar("_H", bound="Nflog")
 
-# A value in an aggregation key: bytes (prefix), int, or None (absent).
-_KeyValue = Union[int, bytes, None]
+# A value in an aggregation key: bytes (prefix), int, str (addresses, networks, ct_state),
+# (proto, type) for icmp_type, or None (absent).
+_KeyValue = Union[int, bytes, str, Tuple[int, int], None]
 
 ENOBUFS_RAISE: int
 """enobufs mode: raise NflogDroppedError when the kernel dropped records (0)."""
@@ -129,6 +130,28 @@ class NflogData:
     @property
     def length(self) -> Optional[int]:
         """Packet length from the IP header (bytes), or None without payload."""
+    # labels: from the copied payload (record.c); None when the copy does not hold them
+    @property
+    def saddr(self) -> Optional[str]:
+        """Source address (str, RFC 5952 for IPv6), or None without an IP header."""
+    @property
+    def daddr(self) -> Optional[str]:
+        """Destination address (str, RFC 5952 for IPv6), or None without an IP header."""
+    @property
+    def sport(self) -> Optional[int]:
+        """TCP/UDP/UDP-Lite/SCTP/DCCP source port, or None (also for non-first fragments)."""
+    @property
+    def dport(self) -> Optional[int]:
+        """TCP/UDP/UDP-Lite/SCTP/DCCP destination port, or None (also for non-first fragments)."""
+    @property
+    def icmp_type(self) -> Optional[int]:
+        """ICMP or ICMPv6 type (l4proto tells which), or None."""
+    @property
+    def tcp_flags(self) -> Optional[int]:
+        """TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10 ...), or None."""
+    @property
+    def ct_state(self) -> Optional[str]:
+        """Conntrack state ('new', 'established', 'related'), or None when the kernel sent none."""
     def __iter__(self) -> Iterator[Tuple[str, object]]:
         """(name, value) for every attribute, so dict(data) works."""
 
@@ -156,15 +179,23 @@ class Aggregator:
     when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`.
     Bytes are the IP header's total length, so they are right whatever the copy range, as long as
     the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload
-    (COPY_META, COPY_NONE) adds 0 bytes."""
+    (COPY_META, COPY_NONE) adds 0 bytes.
+    saddr/daddr are reduced to address_mask (IPv4, IPv6 prefix lengths) before keying; src_net and
+    dst_net are the longest match of the full address among networks, (name, cidr) pairs with the
+    host bits clear; the payload is parsed for these only when one of them is a field."""
 
     def __init__(self, fields: Iterable[str], max_keys: int = 65536,
-                 budget: Optional[SeriesBudget] = None) -> None: ...
+                 budget: Optional[SeriesBudget] = None, *,
+                 address_mask: Tuple[int, int] = (32, 128),
+                 networks: Iterable[Tuple[str, str]] = ()) -> None: ...
     def snapshot(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
         """Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order
         given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface
         indexes (None when absent; names belong to the handle's network namespace); uid, gid and proto
-        None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints.
+        None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints;
+        saddr/daddr as str ('203.0.113.7', '2001:db8::/48' when address_mask cut it); sport/dport and
+        tcp_flags ints; icmp_type (proto, type) with proto 1 (ICMP) or 58 (ICMPv6); src_net/dst_net the
+        network's name; ct_state 'new', 'established' or 'related'; each None when the packet has none.
         Counters only grow, until clear()."""
     def clear(self) -> None:
         """Forget every key and counter (returning the keys to the budget)."""
@@ -186,6 +217,12 @@ class Aggregator:
     @property
     def budget(self) -> Optional[SeriesBudget]:
         """The shared SeriesBudget, or None."""
+    @property
+    def address_mask(self) -> Tuple[int, int]:
+        """(ipv4, ipv6): the prefix lengths saddr and daddr are reduced to."""
+    @property
+    def networks(self) -> Tuple[Tuple[str, str], ...]:
+        """The named networks src_net/dst_net match, as (name, cidr) pairs."""
 
 
 @final
@@ -196,7 +233,7 @@ class Nflog:
 
     def __init__(self, group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0,
                  nlbuf: int = 0, enobufs: int = 0, copymode: int = 2, copyrange: int = 0,
-                 seq: bool = False) -> None: ...
+                 seq: bool = False, conntrack: bool = False) -> None: ...
     @overload
     def next(self, /, wait: Literal[True] = True) -> NflogData:
         """The next record (NflogData). With wait=False, None when none is waiting. Raises NflogClosedError

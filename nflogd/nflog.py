@@ -58,9 +58,9 @@ _builtin_open = builtins.open
 
 def open(group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0, nlbuf: int = 0,
          enobufs: int = ENOBUFS_RAISE, copymode: int = COPY_PACKET, copyrange: int = 0,
-         seq: bool = False) -> Nflog:
+         seq: bool = False, conntrack: bool = False) -> Nflog:
     """open(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=ENOBUFS_RAISE,
-    copymode=COPY_PACKET, copyrange=0, seq=False) -> Nflog
+    copymode=COPY_PACKET, copyrange=0, seq=False, conntrack=False) -> Nflog
 
     Bind NFLOG group ``group`` (0-65535) and return its handle; needs root or CAP_NET_ADMIN.
 
@@ -74,9 +74,13 @@ def open(group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0,
       0 meaning the whole packet up to COPY_RANGE_MAX).
     - seq: ask for sequence numbers, so ``NflogData.seq`` is set and ``Nflog.lost`` counts
       exactly the records lost between the kernel and this handle.
+    - conntrack: ask for conntrack data (NFULNL_CFG_F_CONNTRACK), so ``NflogData.ct_state`` is
+      set; a kernel built without CONFIG_NETFILTER_NETLINK_GLUE_CT refuses it (NflogError,
+      errno EOPNOTSUPP) and binds nothing.
 
     Out-of-range values raise ValueError (the kernel would silently ignore them); a group bound
     by another socket raises NflogError (EPERM) naming where to look.
     """
     return Nflog(group, timeout=timeout, qthresh=qthresh, rcvbuf=rcvbuf, nlbuf=nlbuf,
-                 enobufs=enobufs, copymode=copymode, copyrange=copyrange, seq=seq)
+                 enobufs=enobufs, copymode=copymode, copyrange=copyrange, seq=seq,
+                 conntrack=conntrack)

@@ -8,6 +8,7 @@ configured maximum, as ulogd2 does on ENOBUFS.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -106,6 +107,7 @@ class GroupWorker(threading.Thread):
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
         self._next_spec: KeySpec | None = None
+        self._conntrack_ok = True  # until the kernel refuses NFULNL_CFG_F_CONNTRACK
         self._heartbeat = time.monotonic()
         # For testing the watchdog only: this group's worker stops beating once running.
         self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
@@ -185,9 +187,24 @@ class GroupWorker(threading.Thread):
     # -- the thread ---------------------------------------------------------------------------
     def _open(self) -> nflog.Nflog:
         c = self.cfg
-        h = nflog.open(c.group, timeout=c.timeout, qthresh=c.qthresh, nlbuf=c.nlbuf,
-                       rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
-                       copymode=nflog.COPY_PACKET, copyrange=c.copy_range, seq=True)
+
+        def bind(conntrack: bool) -> nflog.Nflog:
+            return nflog.open(c.group, timeout=c.timeout, qthresh=c.qthresh, nlbuf=c.nlbuf,
+                              rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
+                              copymode=nflog.COPY_PACKET, copyrange=c.copy_range, seq=True,
+                              conntrack=conntrack)
+
+        # The ct_state label asks for conntrack data; a kernel that cannot send it refuses the
+        # whole bind (EOPNOTSUPP): say so once, and count without it (ct_state "").
+        want_ct = self._conntrack_ok and "ct_state" in self.spec.fields
+        try:
+            h = bind(want_ct)
+        except nflog.NflogError as e:
+            if not (want_ct and e.errno == errno.EOPNOTSUPP):
+                raise
+            self._conntrack_ok = False
+            log.warning("group %d: %s; the ct_state label stays empty", c.group, reason(e))
+            h = bind(False)
         self._error = None
         return h
 

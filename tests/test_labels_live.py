@@ -12,16 +12,19 @@ matches a label value with nft's expression for it (`ip saddr . th dport`, `icmp
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import socket
 import struct
 from typing import Callable, Iterable
 
+import pytest
 from conftest import RunningDaemon, Scrape, promtool_check
 from netns import SYSTEM_PYTHON, Netns, veth_pair
 from nflog_support import mac_of, open_in, read_n
 
+from nflogd import nflog
 from nflogd.labels import PROTO_NAMES, TCP_FLAG_NAMES
 
 PACKETS, BYTES = "nflog_packets_total", "nflog_bytes_total"
@@ -386,3 +389,30 @@ def test_nflogdata_carries_the_label_fields(make_netns: Callable[[str], Netns], 
     assert {r.daddr for r in by_src[A6[0]]} == {B6}
     d = dict(recs[0])
     assert {"saddr", "daddr", "sport", "dport", "icmp_type", "tcp_flags", "ct_state"} <= set(d)
+
+
+def test_ct_state_where_the_kernel_sends_no_conntrack_data(make_netns: Callable[[str], Netns],
+                                                           start_daemon: Callable[..., RunningDaemon]
+                                                           ) -> None:
+    """This kernel (no CONFIG_NETFILTER_NETLINK_GLUE_CT) refuses NFULNL_CFG_F_CONNTRACK: asking
+    binds nothing and says why; nflogd says it once, binds without, and exports ct_state ""."""
+    ns = make_netns("ct")
+    with pytest.raises(nflog.NflogError) as info:
+        open_in(ns, 4, conntrack=True)
+    assert info.value.errno == errno.EOPNOTSUPP
+    assert "cannot attach conntrack data" in str(info.value)
+    ns.nft("""
+    table inet t {
+      chain out { type filter hook output priority 0;
+        udp dport 7400 ct state new counter log group 4 comment "new"
+      }
+    }""")
+    d = start_daemon(ns, "labels: [group, ct_state, proto]\ngroups:\n  - group: 4\n"
+                         "    timeout: 0.1\n")
+    ns.send_udp("127.0.0.1", 7400, 5, 30)
+    s = d.wait_for(lambda s: s.total(PACKETS) >= 5)
+    assert s.value(PACKETS, group="4", ct_state="", proto="udp") == ns.counters()["new"][0] == 5
+    assert s.value(BYTES, group="4", ct_state="", proto="udp") == ns.counters()["new"][1]
+    assert s.value("nflogd_group_bound", group="4") == 1
+    warnings = [line for line in d.stderr().splitlines() if "conntrack" in line]
+    assert len(warnings) == 1 and "ct_state label stays empty" in warnings[0], d.stderr()

@@ -15,7 +15,8 @@ from nflog_support import aggregate_until, open_in, require_root, rule_counts
 from nflogd import nflog
 
 ALL_FIELDS = ("group", "prefix", "indev", "outdev", "physindev", "physoutdev", "uid", "gid",
-              "family", "proto", "hook", "mark", "hwproto")
+              "family", "proto", "hook", "mark", "hwproto", "saddr", "daddr", "sport", "dport",
+              "icmp_type", "tcp_flags", "src_net", "dst_net", "ct_state")
 
 
 @pytest.fixture(autouse=True)
