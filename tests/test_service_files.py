@@ -235,7 +235,8 @@ def test_rule_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
         for case in t.get("alert_rule_test", []):
             (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
     assert alerts == {"NflogdFirewallDropRateHigh", "NflogdMessagesLost", "NflogdSeriesLimitReached",
-                      "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdDown"}
+                      "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdDown",
+                      "NflogdPortScan"}
     assert alerts - fired == set(), "alerts never shown firing"
     assert alerts - quiet == set(), "alerts never shown not firing"
 
