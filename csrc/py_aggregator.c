@@ -296,10 +296,10 @@ static int check_ready(AggregatorObject *self)
 static PyObject *addr_value(const AggregatorObject *self, const struct agg_key *k, const uint8_t *a)
 {
 	char buf[INET6_ADDRSTRLEN + 8];
-	int v6 = k->addr_family == 6;
+	int v6 = k->pk.addr_family == 6;
 	unsigned len = v6 ? self->t.mask6 : self->t.mask4, full = v6 ? 128 : 32;
 
-	if (!k->addr_family)
+	if (!k->pk.addr_family)
 		Py_RETURN_NONE;
 	if (!inet_ntop(v6 ? AF_INET6 : AF_INET, a, buf, INET6_ADDRSTRLEN))
 		return PyErr_SetFromErrno(PyExc_OSError);
@@ -347,26 +347,26 @@ static PyObject *key_value(const AggregatorObject *self, const struct agg_key *k
 	case F_HOOK: return PyLong_FromLong(k->hook);
 	case F_MARK: return PyLong_FromUnsignedLong(k->mark);
 	case F_HWPROTO: return PyLong_FromLong(k->hwproto);
-	case F_SADDR: return addr_value(self, k, k->saddr);
-	case F_DADDR: return addr_value(self, k, k->daddr);
+	case F_SADDR: return addr_value(self, k, k->pk.saddr);
+	case F_DADDR: return addr_value(self, k, k->pk.daddr);
 	case F_SPORT: case F_DPORT:
 		if (!(k->flags & KEY_HAS_PORTS))
 			Py_RETURN_NONE;
-		return PyLong_FromLong(field == F_SPORT ? k->sport : k->dport);
+		return PyLong_FromLong(field == F_SPORT ? k->pk.sport : k->pk.dport);
 	case F_ICMP_TYPE:
 		if (!(k->flags & KEY_HAS_ICMP))
 			Py_RETURN_NONE;
-		return Py_BuildValue("(ii)", k->flags & KEY_ICMP6 ? 58 : 1, k->icmp_type);
+		return Py_BuildValue("(ii)", k->flags & KEY_ICMP6 ? 58 : 1, k->pk.icmp_type);
 	case F_TCP_FLAGS:
 		if (!(k->flags & KEY_HAS_TCP_FLAGS))
 			Py_RETURN_NONE;
-		return PyLong_FromLong(k->tcp_flags);
-	case F_SRC_NET: return network_value(self, k->src_net);
-	case F_DST_NET: return network_value(self, k->dst_net);
+		return PyLong_FromLong(k->pk.tcp_flags);
+	case F_SRC_NET: return network_value(self, k->pk.src_net);
+	case F_DST_NET: return network_value(self, k->pk.dst_net);
 	default:  /* F_CT_STATE */
-		if (!k->ct_state || k->ct_state > 3)
+		if (!k->pk.ct_state || k->pk.ct_state > 3)
 			Py_RETURN_NONE;
-		return PyUnicode_FromString(ct_state_names[k->ct_state]);
+		return PyUnicode_FromString(ct_state_names[k->pk.ct_state]);
 	}
 }
 

@@ -122,69 +122,6 @@ static void parse_ip(struct nfd_record *rec)
 	}
 }
 
-/* The transport header when `need` bytes of it lie inside both the copy and the IP packet (bytes
- * past the IP length are link-layer padding, not header), else NULL. */
-static const uint8_t *l4_header(const struct nfd_record *rec, uint32_t need)
-{
-	uint32_t limit = rec->payload_len;
-	if (!rec->l4_off || rec->fragment)
-		return NULL;
-	if (rec->ip_len && rec->ip_len < limit)
-		limit = rec->ip_len;
-	if ((uint32_t)rec->l4_off + need > limit)
-		return NULL;
-	return rec->payload + rec->l4_off;
-}
-
-int nfd_record_addrs(const struct nfd_record *rec, uint8_t saddr[16], uint8_t daddr[16])
-{
-	if (rec->ip_version == 4) {  /* parse_ip saw >= 20 bytes */
-		memcpy(saddr, rec->payload + 12, 4);
-		memcpy(daddr, rec->payload + 16, 4);
-	} else if (rec->ip_version == 6) {  /* and >= 40 here */
-		memcpy(saddr, rec->payload + 8, 16);
-		memcpy(daddr, rec->payload + 24, 16);
-	}
-	return rec->ip_version;
-}
-
-bool nfd_record_ports(const struct nfd_record *rec, uint16_t *sport, uint16_t *dport)
-{
-	const uint8_t *h;
-	switch (rec->l4proto) {
-	case 6: case 17: case 33: case 132: case 136:  /* TCP, UDP, DCCP, SCTP, UDP-Lite */
-		break;
-	default:
-		return false;
-	}
-	if (!rec->has_l4proto || !(h = l4_header(rec, 4)))
-		return false;
-	*sport = get_be16(h);
-	*dport = get_be16(h + 2);
-	return true;
-}
-
-bool nfd_record_icmp_type(const struct nfd_record *rec, uint8_t *type)
-{
-	const uint8_t *h;
-	if (!rec->has_l4proto || !((rec->l4proto == 1 && rec->ip_version == 4) ||
-				   (rec->l4proto == 58 && rec->ip_version == 6)))
-		return false;
-	if (!(h = l4_header(rec, 1)))
-		return false;
-	*type = h[0];
-	return true;
-}
-
-bool nfd_record_tcp_flags(const struct nfd_record *rec, uint8_t *flags)
-{
-	const uint8_t *h;
-	if (!rec->has_l4proto || rec->l4proto != 6 || !(h = l4_header(rec, 14)))
-		return false;
-	*flags = h[13];
-	return true;
-}
-
 enum nfd_ct_state nfd_record_ct_state(const struct nfd_record *rec)
 {
 	if (!REC_HAS(rec, NFULA_CT_INFO))

@@ -678,9 +678,10 @@ static void test_fold_keys(void)
 	}
 	CHECK(fold_table.nentries == 1, "a /24 mask folds 200 hosts into %zu keys", fold_table.nentries);
 	const struct agg_key *k = &fold_table.entries[0].key;
-	CHECK(k->addr_family == 4 && k->saddr[0] == 203 && k->saddr[2] == 113 && k->saddr[3] == 0 &&
-	      k->src_net == 1 && k->dst_net == 0 && k->sport == 12345 && k->dport == 80 &&
-	      k->tcp_flags == 0x12 && (k->flags & KEY_HAS_PORTS) && (k->flags & KEY_HAS_TCP_FLAGS),
+	const struct agg_pkey *pk = &k->pk;
+	CHECK(pk->addr_family == 4 && pk->saddr[0] == 203 && pk->saddr[2] == 113 && pk->saddr[3] == 0 &&
+	      pk->src_net == 1 && pk->dst_net == 0 && pk->sport == 12345 && pk->dport == 80 &&
+	      pk->tcp_flags == 0x12 && (k->flags & KEY_HAS_PORTS) && (k->flags & KEY_HAS_TCP_FLAGS),
 	      "key fields");
 	CHECK(fold_table.entries[0].packets == 200 && fold_table.entries[0].bytes == 200 * 100, "counts");
 }
