@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,8 +34,8 @@ class RecordCounters:
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
-        self._cache: dict[tuple, str] = {}
-        self._cache_tag: tuple = ()
+        self._cache: dict[tuple[int, tuple[object, ...]], str] = {}
+        self._cache_tag: tuple[int, int] = (0, -1)
 
     def context(self, cfg: Config) -> labels.LabelContext:
         actions = cfg.actions
@@ -117,7 +117,8 @@ class HealthCollector:
         workers = self._workers()
         stats: list[WorkerStats] = [w.stats() for w in workers]
 
-        def per_group(family: Metric, value: Callable[[WorkerStats], float | None]) -> Metric:
+        def per_group(family: CounterMetricFamily | GaugeMetricFamily,
+                      value: Callable[[WorkerStats], float | None]) -> Metric:
             for s in stats:
                 v = value(s)
                 if v is not None:
@@ -207,7 +208,7 @@ class Exposition:
         self._config = config
         self._ifnames = ifnames
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(health)  # type: ignore[arg-type]
+        self.registry.register(health)
         ProcessCollector(registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:

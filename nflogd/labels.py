@@ -14,14 +14,33 @@ This module imports nothing from nflogd, so every other module may import it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 __all__ = [
-    "FAMILY_NAMES", "HOOK_NAMES", "ICMP_TYPE_NAMES", "ICMPV6_TYPE_NAMES", "LABELS",
-    "LABEL_NAMES", "OVERFLOW", "PROTO_NAMES", "TCP_FLAG_NAMES", "KeyRenderer", "KeySpec", "Label",
-    "LabelContext", "escape", "fields_for", "key_spec", "label_string", "min_copy_range",
+    "FAMILY_NAMES",
+    "HOOK_NAMES",
+    "ICMPV6_TYPE_NAMES",
+    "ICMP_TYPE_NAMES",
+    "LABELS",
+    "LABEL_NAMES",
+    "NEEDS_CONNTRACK",
+    "NEEDS_PAYLOAD",
+    "OVERFLOW",
+    "PROTO_NAMES",
+    "TCP_FLAG_NAMES",
+    "KeyRenderer",
+    "KeySpec",
+    "Label",
+    "LabelContext",
+    "escape",
+    "fields_for",
+    "key_spec",
+    "label_string",
+    "min_copy_range",
+    "needs",
     "overflow_label_string",
+    "tcp_flags_text",
 ]
 
 # Names for the numbers records carry, for labels and logs.
@@ -101,14 +120,16 @@ def _named(names: dict[int, str]) -> Render:
     def render(raw: object, ctx: LabelContext) -> str:
         if raw is None:
             return ""
-        return names.get(raw, str(raw))  # type: ignore[call-overload]
+        assert isinstance(raw, int)
+        return names.get(raw, str(raw))
     return render
 
 
 def _icmp_type(raw: object, ctx: LabelContext) -> str:
     if raw is None:
         return ""
-    proto, icmp_type = raw  # type: ignore[misc]
+    assert isinstance(raw, tuple)  # (proto, type): the C key's icmp_type
+    proto, icmp_type = raw
     names = ICMPV6_TYPE_NAMES if proto == 58 else ICMP_TYPE_NAMES
     return names.get(icmp_type, str(icmp_type))
 

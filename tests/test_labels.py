@@ -30,7 +30,7 @@ def test_every_label_field_is_a_c_field_and_every_c_field_has_a_label() -> None:
 def test_every_label_is_in_the_readme_table() -> None:
     text = README.read_text()
     for name in labels.LABEL_NAMES:
-        assert re.search(rf"^\| `{name}` \|", text, re.M), f"README has no row for {name}"
+        assert re.search(rf"^\| `{name}` \|", text, re.MULTILINE), f"README has no row for {name}"
 
 
 def ctx() -> labels.LabelContext:
@@ -112,8 +112,8 @@ def test_networks_and_address_mask_load(tmp_path: Path) -> None:
     ("address_mask: {ipv5: 1}\n", 1, 16, "unknown key 'ipv5'"),
     ("address_mask: 24\n", 1, 15, "expected a mapping"),
     ("networks:\n  - {name: a, cidr: 10.0.0.300/8}\n", 2, 21, "is not a network"),
-    ("networks:\n  - {name: a, cidr: 10.0.0.1/8}\n", 2, 21, "host bits set; did you mean "
-                                                          "10.0.0.0/8?"),
+    ("networks:\n  - {name: a, cidr: 10.0.0.1/8}\n", 2, 21,
+     "host bits set; did you mean 10.0.0.0/8?"),
     ("networks:\n  - {name: a, cidr: 10.0.0.1}\n", 2, 21, "has no prefix length"),
     ("networks:\n  - {name: a, cidr: 10.0.0.0/33}\n", 2, 21, "is not a network"),
     ("networks:\n  - {name: a, cidr: 10.0.0.0/8}\n  - {name: a, cidr: 11.0.0.0/8}\n", 3, 12,

@@ -17,7 +17,7 @@ import ipaddress
 import json
 import socket
 import struct
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 from conftest import RunningDaemon, Scrape, promtool_check
@@ -93,7 +93,10 @@ def frag6(nh: int, offset: int, more: bool, ident: int = 99) -> bytes:
 def traffic() -> list[tuple[bytes, int]]:
     """(IP packet, how many times): every kind the labels must tell apart."""
     out: list[tuple[bytes, int]] = []
-    add = lambda pkt, n=1: out.append((pkt, n))  # noqa: E731
+
+    def add(pkt: bytes, n: int = 1) -> None:
+        out.append((pkt, n))
+
     for i, src in enumerate(A4[:3]):  # several sources, several ports, counts differ
         add(ipv4(src, B4, 6, tcp(40000 + i, 22, 0x02)), 3 + i)
         add(ipv4(src, B4, 6, tcp(40000 + i, 80, 0x02)), 1 + 2 * i)
