@@ -14,8 +14,9 @@ import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -26,16 +27,16 @@ from .yamlreader import ConfigError, NodeReader, compose_file, type_name
 from .yamlreader import describe as _describe
 
 __all__ = [
-    "ActionRule",
     "BUILTIN_SOURCE",
-    "Config",
-    "ConfigError",
     "DEFAULT_ACTIONS",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_LABELS",
-    "GroupConfig",
     "LABEL_NAMES",
     "LOG_LEVELS",
+    "ActionRule",
+    "Config",
+    "ConfigError",
+    "GroupConfig",
     "NamedNetwork",
     "classify",
     "default_config",
@@ -109,7 +110,7 @@ class NamedNetwork:
     """One `networks:` entry: the src_net/dst_net label value of addresses inside its prefixes."""
 
     name: str
-    networks: tuple[Union[ipaddress.IPv4Network, ipaddress.IPv6Network], ...]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 @dataclass(frozen=True)
@@ -470,7 +471,7 @@ class _Reader(NodeReader):
             raise self.error(node, f"networks: {len(prefixes)} prefixes, at most 65535")
         return tuple(out)
 
-    def cidr(self, node: Node, where: str) -> Union[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+    def cidr(self, node: Node, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         text = self.string(node, where)
         if "/" not in text:
             raise self.error(node, f"{where}: {text!r} has no prefix length; write e.g. "
