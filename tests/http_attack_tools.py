@@ -194,7 +194,7 @@ async def attack(cfg: dict[str, Any]) -> None:
     writers: list[asyncio.StreamWriter] = []
 
     async def pipeline() -> None:  # `depth` requests at once, never read a byte, hold on
-        r, w = await _open(port, rcvbuf=4096)
+        _, w = await _open(port, rcvbuf=4096)
         writers.append(w)
         w.write(get * cfg.get("depth", 3))
         await asyncio.sleep(max(0.0, end - time.monotonic()))

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_support import htpasswd
-from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
+from http_support import htpasswd, pki_fixture, tools_fixture  # noqa: F401 -- fixtures
 from netns import REPO, VENV_PYTHON, require_tools
 
 TOOLS = str(REPO / "tests" / "http_attack_tools.py")
@@ -49,9 +48,10 @@ def server(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
                    f"basic_auth_users:\n  alice: {htpasswd('alice', PASSWORD, cost=10)}\n")
     cfg = {"web_config": str(web), "ca": str(pki / "ca.pem"), "user": "alice",
            "password": PASSWORD}
-    proc = subprocess.Popen([VENV_PYTHON, TOOLS, "serve", json.dumps(cfg)], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=open(d / "server.log", "w"), cwd=REPO)
+    with open(d / "server.log", "w") as log_file:
+        proc = subprocess.Popen([VENV_PYTHON, TOOLS, "serve", json.dumps(cfg)], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=log_file, cwd=REPO)  # the child keeps its own copy
     assert proc.stdout is not None
     ports = json.loads(proc.stdout.readline())
     srv = Server(proc, ports, cfg, d / "server.log")
@@ -71,7 +71,7 @@ def scrape(srv: Server, which: str, count: int, keepalive: bool = False
     cfg = {**srv.cfg, "port": srv.ports[which], "tls": which == "tls", "count": count,
            "keepalive": keepalive}
     out = subprocess.run([VENV_PYTHON, TOOLS, "scrape", json.dumps(cfg)], capture_output=True,
-                         text=True, timeout=count * 3 + 30, cwd=REPO)
+                         text=True, timeout=count * 3 + 30, cwd=REPO, check=False)
     assert out.returncode == 0, out.stderr
     return [tuple(r) for r in json.loads(out.stdout)]  # type: ignore[misc]
 

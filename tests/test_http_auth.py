@@ -8,8 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from http_support import BODY, curl, htpasswd, http_get, render, serving, web_config
-from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
+from http_support import (  # noqa: F401 -- fixtures
+    BODY,
+    curl,
+    htpasswd,
+    http_get,
+    pki_fixture,
+    render,
+    serving,
+    tools_fixture,
+    web_config,
+)
 
 from nflogd.http import Limits, MetricsServer, auth
 

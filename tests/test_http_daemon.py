@@ -73,8 +73,9 @@ def test_openmetrics_and_text_are_both_valid_and_exact(make_netns, start_daemon)
 
 def test_healthy_and_ready(make_netns, start_daemon) -> None:
     ns = make_netns("rdy")
-    holder = ns.popen([VENV_PYTHON, "-c", "from nflogd import nflog; h = nflog.open(7); "
-                       "print('bound', flush=True); import time; time.sleep(60)"],
+    holder = ns.popen([VENV_PYTHON, "-c", ("from nflogd import nflog; h = nflog.open(7); "
+                                           "print('bound', flush=True); import time; "
+                                           "time.sleep(60)")],
                       stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"bound\n"

@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-from http_support import BODY, http_get, partial_client_hello, raw_exchange, serving, tls_config
-from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
+from http_support import (  # noqa: F401 -- fixtures
+    BODY,
+    http_get,
+    partial_client_hello,
+    pki_fixture,
+    raw_exchange,
+    serving,
+    tls_config,
+    tools_fixture,
+)
 
 VALID = (b"GET /metrics?x=1 HTTP/1.1\r\nHost: localhost:10040\r\nUser-Agent: Prometheus/2.42\r\n"
          b"Accept: text/plain;version=0.0.4\r\nAccept-Encoding: gzip\r\n\r\n")
@@ -155,12 +163,12 @@ def test_fuzzed_tls_handshakes(pki: Path, tmp_path: Path,
                 data = bytearray(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
             exchange(port, bytes(data))  # answered by an alert or a close, never a hang
         ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                out = b""
-                while chunk := s.recv(65536):
-                    out += chunk
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
         assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(BODY)
         assert srv.stats().tls_handshake_failures >= 290
     records = [r for r in caplog.records if r.name.startswith(("nflogd", "asyncio"))]

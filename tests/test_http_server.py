@@ -13,10 +13,24 @@ import time
 from pathlib import Path
 
 import pytest
-from http_support import (BODY, CTYPE, _raise_nofile, _wait_closed, client_ctx, curl, http_get,
-                          https_get, partial_client_hello, raw_exchange, render, serving,
-                          threading_count_is_bounded, tls_config)
-from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
+from http_support import (  # noqa: F401 -- fixtures
+    BODY,
+    CTYPE,
+    _raise_nofile,
+    _wait_closed,
+    client_ctx,
+    curl,
+    http_get,
+    https_get,
+    partial_client_hello,
+    pki_fixture,
+    raw_exchange,
+    render,
+    serving,
+    threading_count_is_bounded,
+    tls_config,
+    tools_fixture,
+)
 
 from nflogd.http import MetricsServer, listen
 
@@ -28,6 +42,7 @@ def test_plain_scrape_exact_body_with_and_without_gzip(tools: None) -> None:
         rc, status, body = curl(f"http://127.0.0.1:{port}/metrics")
         assert (rc, status, body) == (0, "200", BODY)
         rc, status, body = curl("--compressed", f"http://127.0.0.1:{port}/metrics")
+        assert rc == 0
         assert (rc, status, body) == (0, "200", BODY)
         resp = http_get(port, headers={"Accept-Encoding": "gzip"})
         assert resp.getheader("Content-Encoding") == "gzip"
@@ -41,7 +56,7 @@ def test_plain_scrape_exact_body_with_and_without_gzip(tools: None) -> None:
 def test_landing_page_404_405_head(tools: None) -> None:
     with serving() as srv:
         port = srv.address[1]
-        rc, status, body = curl(f"http://127.0.0.1:{port}/")
+        _, status, body = curl(f"http://127.0.0.1:{port}/")
         assert status == "200" and b'<a href="/metrics">' in body
         assert curl(f"http://127.0.0.1:{port}/nope")[1] == "404"
         resp = http_get(port, method="POST")
@@ -333,7 +348,7 @@ def test_over_the_cap_tls_gets_503_after_handshake(pki: Path, tmp_path: Path) ->
         for s in tls:
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: hold\r\n\r\n")
         time.sleep(0.5)  # busy connections are never evicted, however long they take
-        rc, status, body = curl("--cacert", str(pki / "ca.pem"), f"https://localhost:{port}/metrics")
+        _, status, body = curl("--cacert", str(pki / "ca.pem"), f"https://localhost:{port}/metrics")
         assert status == "503" and b"Too many connections" in body
         release.set()
         for s in tls:

@@ -14,10 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-from http_support import (
-    BODY, _wait_closed, client_ctx, curl, der, htpasswd, http_get, https_get, serving,
-    tls_config, web_config)
-from http_support import pki_fixture, tools_fixture  # noqa: F401 -- fixtures
+from http_support import (  # noqa: F401 -- fixtures
+    BODY,
+    _wait_closed,
+    client_ctx,
+    curl,
+    der,
+    htpasswd,
+    http_get,
+    https_get,
+    pki_fixture,
+    serving,
+    tls_config,
+    tools_fixture,
+    web_config,
+)
 
 from nflogd.webconfig import WebConfigError, load_web_config
 
@@ -82,9 +93,9 @@ def test_client_allowed_sans(pki: Path, tmp_path: Path) -> None:
             "  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans:\n")
     with serving(tls_config(tmp_path, pki, base + "    - ops@example.org\n")) as srv:
         assert https_get(srv.address[1], client_ctx(pki, "client"))[:2] == (200, BODY)
-    with serving(tls_config(tmp_path, pki, base + "    - other.example\n")) as srv:
-        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-            https_get(srv.address[1], client_ctx(pki, "client"))
+    with serving(tls_config(tmp_path, pki, base + "    - other.example\n")) as srv, \
+            pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+        https_get(srv.address[1], client_ctx(pki, "client"))
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
@@ -108,7 +119,8 @@ def test_tls11_refused_when_min_version_tls12(pki: Path, tmp_path: Path) -> None
         else:
             pytest.fail("openssl s_server did not start")
         ok = subprocess.run([*s_client, "-connect", f"127.0.0.1:{free_port}"],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+                            check=False)
         assert re.search(r"Protocol\s*:\s*TLSv1\.1", ok.stdout), ok.stdout + ok.stderr
     finally:
         server.kill()
@@ -117,7 +129,8 @@ def test_tls11_refused_when_min_version_tls12(pki: Path, tmp_path: Path) -> None
     with serving(tls_config(tmp_path, pki, "  min_version: TLS12\n")) as srv:
         port = srv.address[1]
         bad = subprocess.run([*s_client, "-connect", f"127.0.0.1:{port}"],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+                             check=False)
         assert bad.returncode != 0
         # asyncio's TLS closes without flushing OpenSSL's alert: the client sees "protocol
         # version" or just EOF, never an established TLS 1.1 session (no cipher agreed)
