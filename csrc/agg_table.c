@@ -185,6 +185,7 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 	struct agg_entry *e = &t->entries[t->nentries];
 	memcpy(&e->key, &key, AGG_KEY_FIXED + key.prefix_len);
 	e->hash = h;
+	e->serial = ++t->last_serial;
 	e->packets = 1;
 	e->bytes = rec->ip_len;
 	t->slots[j] = (uint32_t)++t->nentries;

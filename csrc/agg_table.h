@@ -38,6 +38,9 @@ struct agg_entry {
 	struct agg_key key;
 	uint64_t hash;
 	uint64_t packets, bytes;
+	/* Names this entry for its whole life, wherever it moves in `entries`, and is never reused
+	 * by this table (from 1): readers cache per entry by it (exposition.c's label strings). */
+	uint64_t serial;
 };
 
 /* A limit on keys shared by several tables (the daemon's max_series across groups). */
@@ -56,6 +59,7 @@ struct agg_table {
 	struct agg_entry *entries;  /* dense, in insertion order */
 	size_t nentries, capacity;
 	uint64_t overflow_packets, overflow_bytes, records;
+	uint64_t last_serial;       /* of the newest entry; agg_clear keeps counting */
 };
 
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);

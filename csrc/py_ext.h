@@ -10,7 +10,7 @@
 #include "record.h"
 
 extern PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError;
-extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType;
+extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType, CounterRendererType;
 
 /* Raise the exception that fits a negative errno, with a message; returns NULL for `return set_error(...)`. */
 PyObject *set_error(int negerr, const char *fmt, ...);

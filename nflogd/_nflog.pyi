@@ -189,6 +189,29 @@ class Aggregator:
 
 
 @final
+class CounterRenderer:
+    """Writes the record counters of Aggregators as Prometheus text in C, with each key's label string
+    built once (by a Python callable) and cached while the key lives. See render()."""
+
+    def __init__(self) -> None: ...
+    def render(self, parts: Iterable[Tuple[Aggregator, Callable[[Tuple[_KeyValue, ...]], str],
+                                           Optional[str]]],
+               tag: object, families: Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]],
+               tail: bytes = b"", /) -> bytes:
+        """The record counters as Prometheus text, followed by tail, as one bytes object.
+        parts: (aggregator, labels, overflow_labels) per aggregator; labels(key) returns the label
+        string of a key (as in snapshot(), e.g. '{group="5"}') and is called once per new key, the
+        result cached per aggregator entry; overflow_labels (str or None) names the aggregator's
+        overflow series. Keys whose label strings are equal, in any part, are one series: their counts
+        add up. Every cached label is dropped when tag differs from the previous render's (interface
+        names or the configuration changed). families: ((head, sample_name), (head, sample_name)) as
+        bytes, for packets and for bytes: each head (HELP/TYPE lines) then one line per series."""
+    @property
+    def labels(self) -> int:
+        """Distinct label strings held since the last render."""
+
+
+@final
 class Nflog:
     """A handle on one NFLOG group, bound on creation (use nflog.open(), which documents the arguments;
     enobufs=0 is ENOBUFS_RAISE, copymode=2 is COPY_PACKET). Iterating yields records until the

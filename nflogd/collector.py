@@ -1,13 +1,15 @@
 """Turn worker snapshots into Prometheus exposition text.
 
 Two parts, both reading copies taken by the workers' aggregators (nothing here runs per packet):
-- the record counters ``nflog_packets_total`` / ``nflog_bytes_total``, rendered directly with a
-  cache of label strings per key, because a scrape of 10k+ series must take milliseconds;
+- the record counters ``nflog_packets_total`` / ``nflog_bytes_total``, written in C from the
+  aggregators (``nflog.CounterRenderer``) with each key's label string built here once and cached,
+  because a scrape of 100k series must take milliseconds;
 - nflogd's own health, as a prometheus_client custom collector yielding metric families.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from typing import Callable, Iterable, Iterator, Sequence
@@ -19,11 +21,16 @@ from . import __version__
 from .config import Config, GroupConfig, classify
 from .httpserver import ServerStats
 from .ifnames import InterfaceNames
-from .nflog import FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES
+from .nflog import (FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES,
+                    CounterRenderer)
 from .worker import GroupWorker, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OVERFLOW = "__overflow__"
+FAMILIES = ((b"# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n"
+             b"# TYPE nflog_packets_total counter\n", b"nflog_packets_total"),
+            (b"# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n"
+             b"# TYPE nflog_bytes_total counter\n", b"nflog_bytes_total"))
 
 # The aggregation field behind each label (action is derived from the prefix).
 FIELD_OF_LABEL = {
@@ -51,8 +58,8 @@ class RecordCounters:
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
-        self._cache: dict[tuple, str] = {}
-        self._cache_tag: tuple = ()
+        # Label strings per key, cached in C while the key lives (nflog.CounterRenderer).
+        self._renderer = CounterRenderer()
 
     def _value(self, cfg: Config, label: str, raw: object) -> str:
         if label in ("indev", "outdev", "physindev", "physoutdev"):
@@ -80,42 +87,18 @@ class RecordCounters:
         pairs = [(name, str(group.group) if name == "group" else OVERFLOW) for name in cfg.labels]
         return label_string(pairs + sorted(group.labels))
 
-    def render(self, cfg: Config, workers: Sequence[GroupWorker]) -> str:
-        tag = (id(cfg), self._ifnames.generation)
-        if tag != self._cache_tag or len(self._cache) > 4 * cfg.max_series + 1024:
-            self._cache.clear()  # names, labels or config changed: rebuild what is asked
-            self._cache_tag = tag
-        cache = self._cache
-        totals: dict[str, list[int]] = {}
+    def render(self, cfg: Config, workers: Sequence[GroupWorker], tail: bytes = b"") -> bytes:
+        """The record counters as exposition text, then ``tail``, in one buffer written in C."""
+        tag = (id(cfg), self._ifnames.generation)  # names, labels or config changed: rebuild
         wanted = fields_for(cfg.labels)
+        parts = []
         for w in workers:
             agg, gcfg = w.aggregator, w.cfg
-            fields = agg.fields
-            if fields != wanted:
+            if agg.fields != wanted:
                 continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
-            for key, packets, nbytes in agg.snapshot():
-                ck = (gcfg.group, key)
-                labels = cache.get(ck)
-                if labels is None:
-                    labels = cache[ck] = self._labels(cfg, gcfg, fields, key)
-                acc = totals.get(labels)
-                if acc is None:
-                    totals[labels] = [packets, nbytes]
-                else:
-                    acc[0] += packets
-                    acc[1] += nbytes
-            over_packets, over_bytes = agg.overflow
-            if over_packets:
-                acc = totals.setdefault(self._overflow_labels(cfg, gcfg), [0, 0])
-                acc[0] += over_packets
-                acc[1] += over_bytes
-        out = ["# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n",
-               "# TYPE nflog_packets_total counter\n"]
-        out += [f"nflog_packets_total{labels} {v[0]}\n" for labels, v in totals.items()]
-        out += ["# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n",
-                "# TYPE nflog_bytes_total counter\n"]
-        out += [f"nflog_bytes_total{labels} {v[1]}\n" for labels, v in totals.items()]
-        return "".join(out)
+            parts.append((agg, functools.partial(self._labels, cfg, gcfg, agg.fields),
+                          self._overflow_labels(cfg, gcfg)))
+        return self._renderer.render(parts, tag, FAMILIES, tail)
 
 
 class ReloadStatus:
@@ -242,5 +225,6 @@ class Exposition:
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         self._ifnames.refresh()
-        text = self._counters.render(self._config(), self._workers())
-        return text.encode() + generate_latest(self.registry), CONTENT_TYPE
+        # The registry's families go into the counters' buffer: one copy of a large body, not two.
+        return self._counters.render(self._config(), self._workers(),
+                                     generate_latest(self.registry)), CONTENT_TYPE

@@ -33,6 +33,7 @@ from ._nflog import (
     NLBUF_MIN,
     PREFIX_MAX,
     Aggregator,
+    CounterRenderer,
     Nflog,
     NflogClosedError,
     NflogData,
@@ -43,7 +44,7 @@ from ._nflog import (
 )
 
 __all__ = [
-    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "FIELDS",
+    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "CounterRenderer", "FIELDS",
     "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError",
     "ENOBUFS_RAISE", "ENOBUFS_HANDLE", "ENOBUFS_DISABLE", "COPY_NONE", "COPY_META", "COPY_PACKET",
     "COPY_RANGE_MAX", "NLBUF_MIN", "NLBUF_MAX", "PREFIX_MAX", "LIBNETFILTER_LOG_VERSION",
