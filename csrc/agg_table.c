@@ -24,23 +24,28 @@ static uint64_t key_hash(const struct agg_key *k)
 {
 	const uint8_t *p = (const uint8_t *)k;
 	uint64_t h = 0x243f6a8885a308d3ull, w;
-	size_t n = AGG_KEY_FIXED + k->prefix_len, i;
 
-	for (i = 0; i + 8 <= n; i += 8) {
+	for (size_t i = 0, n = AGG_KEY_LEN(k); i < n; i += 8) {
 		memcpy(&w, p + i, 8);
-		h = mix(h, w);
-	}
-	if (i < n) {
-		w = 0;
-		memcpy(&w, p + i, n - i);
 		h = mix(h, w);
 	}
 	return h | 1;  /* never 0, so a zeroed entry can't match by accident */
 }
 
+/* Word by word over AGG_KEY_LEN: inline, no call, for keys of a few words. */
 static inline bool key_equal(const struct agg_key *a, const struct agg_key *b)
 {
-	return memcmp(a, b, AGG_KEY_FIXED + a->prefix_len) == 0;
+	const uint8_t *p = (const uint8_t *)a, *q = (const uint8_t *)b;
+	uint64_t diff = 0, x, y;
+
+	if (a->prefix_len != b->prefix_len)
+		return false;
+	for (size_t i = 0, n = AGG_KEY_LEN(a); i < n; i += 8) {
+		memcpy(&x, p + i, 8);
+		memcpy(&y, q + i, 8);
+		diff |= x ^ y;
+	}
+	return diff == 0;
 }
 
 /* Only the chosen fields go into the key; the rest stay zero so records differing there merge. */
@@ -72,8 +77,31 @@ static void key_build(const struct agg_table *t, const struct nfd_record *r, str
 	if (f & (1u << F_HWPROTO)) k->hwproto = r->hw_protocol;
 	if ((f & (1u << F_PREFIX)) && r->prefix_len) {
 		k->prefix_len = (uint8_t)r->prefix_len;
+		memset(k->prefix + (r->prefix_len & ~7u), 0, 8);  /* the padding of the last word */
 		memcpy(k->prefix, r->prefix, r->prefix_len);
 	}
+}
+
+/* The attributes key_build reads for these fields, plus what every fold needs: the payload (bytes
+ * and the L3/L4 fields come from its IP header, which needs PACKET_HDR's protocol) and SEQ (loss).
+ * A field added to key_build adds its attribute here. */
+uint32_t agg_wanted_attrs(uint32_t fields)
+{
+	static const uint32_t attr_of[F_NFIELDS] = {
+		[F_PREFIX] = 1u << NFULA_PREFIX,
+		[F_INDEV] = 1u << NFULA_IFINDEX_INDEV,
+		[F_OUTDEV] = 1u << NFULA_IFINDEX_OUTDEV,
+		[F_PHYSINDEV] = 1u << NFULA_IFINDEX_PHYSINDEV,
+		[F_PHYSOUTDEV] = 1u << NFULA_IFINDEX_PHYSOUTDEV,
+		[F_UID] = 1u << NFULA_UID,
+		[F_GID] = 1u << NFULA_GID,
+		[F_MARK] = 1u << NFULA_MARK,
+	};
+	uint32_t want = (1u << NFULA_PAYLOAD) | (1u << NFULA_PACKET_HDR) | (1u << NFULA_SEQ);
+	for (int i = 0; i < F_NFIELDS; i++)
+		if (fields & (1u << i))
+			want |= attr_of[i];
+	return want;
 }
 
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget)
@@ -95,7 +123,7 @@ void agg_clear(struct agg_table *t)
 	if (t->budget)
 		__atomic_fetch_sub(&t->budget->used, (long)t->nentries, __ATOMIC_RELAXED);
 	memset(t->slots, 0, t->nslots * sizeof(*t->slots));
-	t->nentries = 0;
+	t->nentries = t->hot = 0;
 	t->overflow_packets = t->overflow_bytes = t->records = 0;
 }
 
@@ -161,12 +189,22 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 
 	t->records++;
 	key_build(t, rec, &key);
+	if (t->hot && t->hot <= t->nentries) {
+		struct agg_entry *e = &t->entries[t->hot - 1];
+		if (e->serial == t->hot_serial && key_equal(&e->key, &key)) {
+			e->packets++;
+			e->bytes += rec->ip_len;
+			return;
+		}
+	}
 	h = key_hash(&key);
 	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
 		struct agg_entry *e = &t->entries[t->slots[j] - 1];
 		if (e->hash == h && key_equal(&e->key, &key)) {
 			e->packets++;
 			e->bytes += rec->ip_len;
+			t->hot = t->slots[j];
+			t->hot_serial = e->serial;
 			return;
 		}
 	}
@@ -183,12 +221,14 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 	for (j = h & mask; t->slots[j]; j = (j + 1) & mask)
 		;
 	struct agg_entry *e = &t->entries[t->nentries];
-	memcpy(&e->key, &key, AGG_KEY_FIXED + key.prefix_len);
+	memcpy(&e->key, &key, AGG_KEY_LEN(&key));
 	e->hash = h;
 	e->serial = ++t->last_serial;
 	e->packets = 1;
 	e->bytes = rec->ip_len;
 	t->slots[j] = (uint32_t)++t->nentries;
+	t->hot = t->nentries;
+	t->hot_serial = e->serial;
 	return;
 
 overflow:

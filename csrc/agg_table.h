@@ -33,6 +33,11 @@ struct agg_key {
 	char prefix[NFD_PREFIX_MAX + 1];
 };
 #define AGG_KEY_FIXED offsetof(struct agg_key, prefix)
+/* The bytes of a key that count: the fixed part and the prefix zero-padded to whole words, so
+ * hashing and comparing are loops over 8-byte words with no tail. */
+#define AGG_KEY_LEN(k) (AGG_KEY_FIXED + (((size_t)(k)->prefix_len + 7u) & ~(size_t)7u))
+_Static_assert(AGG_KEY_FIXED % 8 == 0, "the fixed key part is whole 8-byte words");
+_Static_assert(sizeof(((struct agg_key *)0)->prefix) % 8 == 0, "the padded prefix fits");
 
 struct agg_entry {
 	struct agg_key key;
@@ -60,10 +65,17 @@ struct agg_table {
 	size_t nentries, capacity;
 	uint64_t overflow_packets, overflow_bytes, records;
 	uint64_t last_serial;       /* of the newest entry; agg_clear keeps counting */
+	/* The entry the previous record went to (index + 1, and its serial in case entries moved):
+	 * floods are runs of one key, so it is tried before hashing. */
+	size_t hot;
+	uint64_t hot_serial;
 };
 
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
 void agg_destroy(struct agg_table *t);
+/* The NFULA_* attributes (bit 1 << NFULA_x) a record needs for a table of these fields, for
+ * nfd_record_parse_some. */
+uint32_t agg_wanted_attrs(uint32_t fields);
 /* Count one record; the caller holds t->lock. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec);
 /* Drop all keys (returning them to the budget); the caller holds t->lock. */

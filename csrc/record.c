@@ -106,9 +106,15 @@ static void parse_ip(struct nfd_record *rec)
 
 int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 {
+	return nfd_record_parse_some(nlh, rec, NFD_ATTRS_ALL);
+}
+
+int nfd_record_parse_some(const struct nlmsghdr *nlh, struct nfd_record *rec, uint32_t want)
+{
 	const size_t hdrlen = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
 	const uint8_t *base = (const uint8_t *)nlh;
 	size_t msglen = nlh->nlmsg_len, off;
+	uint32_t present = 0;  /* in a register: rec's stores may alias the message for the compiler */
 
 	memset(rec, 0, sizeof(*rec));
 
@@ -126,8 +132,9 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 			return -EBADMSG;
 		size_t vlen = alen - NLA_HDRLEN;
 		off += NLA_ALIGN(alen);
-		if (type > 31)
-			continue;  /* newer kernels may add attributes: skip what we do not know */
+		uint32_t bit = type < 32 ? 1u << type : 0;
+		if (!(want & bit))
+			continue;  /* not wanted, or newer than us: its length was checked, that is all */
 
 		switch (type) {
 		case NFULA_PACKET_HDR:
@@ -202,8 +209,9 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 		default:
 			break;
 		}
-		rec->present |= 1u << type;
+		present |= bit;
 	}
+	rec->present = present;
 	/* The hardware header length is bounded by what was actually sent. */
 	if (REC_HAS(rec, NFULA_HWLEN) && rec->hwhdr && rec->hwlen < rec->hwhdr_len)
 		rec->hwhdr_len = rec->hwlen;

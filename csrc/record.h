@@ -43,6 +43,12 @@ struct nfd_record {
 /* Parse one NFULNL_MSG_PACKET message. Returns 0, or -EBADMSG when a length is inconsistent. */
 int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec);
 
+/* The same, reading only the attributes in want (bit 1 << NFULA_x; the lengths of all are still
+ * checked): the rest stay absent from rec. The aggregation path asks only for what its key
+ * fields need (agg_wanted_attrs), because parsing is most of its cost per record. */
+#define NFD_ATTRS_ALL 0xffffffffu
+int nfd_record_parse_some(const struct nlmsghdr *nlh, struct nfd_record *rec, uint32_t want);
+
 /* Is nlh an NFLOG packet message (type NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET)? */
 bool nfd_is_packet_msg(const struct nlmsghdr *nlh);
 
