@@ -123,7 +123,7 @@ int main(int argc, char **argv)
 	struct agg_table t;
 	if (!s.buf || agg_init(&t, mask, 1u << 30, NULL) < 0)
 		return 1;
-	s.want = agg_wanted_attrs(mask);  /* as Nflog.aggregate does */
+	s.layout.want = agg_wanted_attrs(mask);  /* as Nflog.aggregate does */
 
 	unsigned long long done = 0;
 	uint32_t seq = 0;

@@ -435,7 +435,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
 	r = self->sock.fd < 0 ? -ECANCELED : nfd_sock_wait(&self->sock, timeout_ms);
-	self->sock.want = agg_wanted_attrs(t->fields);  /* parse only what the key needs */
+	self->sock.layout.want = agg_wanted_attrs(t->fields);  /* parse only what the key needs */
 	for (int i = 0; r > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
 		len = nfd_sock_recv(&self->sock);
 		if (len == 0)
@@ -448,7 +448,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		folded += nfd_sock_dispatch(&self->sock, (size_t)len, fold_record, t);
 		pthread_mutex_unlock(&t->lock);
 	}
-	self->sock.want = 0;
+	self->sock.layout.want = 0;
 	refused = self->sock.config_error;
 	self->sock.config_error = 0;
 	pthread_mutex_unlock(&self->io_lock);

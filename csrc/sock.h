@@ -37,7 +37,7 @@ struct nfd_sock {
 	size_t pending;        /* a datagram that arrived before the bind's ack, still in buf */
 	bool seq;
 	uint32_t next_seq;
-	uint32_t want;         /* attributes dispatch parses (nfd_record_parse_some); 0: all */
+	struct nfd_layout layout; /* layout.want: what dispatch parses (0: all, no layout) */
 	/* Counters, only touched by the thread holding the handle's I/O lock. */
 	uint64_t received, lost, truncated, decode_errors, enobufs, datagrams;
 	double last_message_time;
