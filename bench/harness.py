@@ -38,7 +38,6 @@ VENV_PY = REPO / ".venv" / "bin" / "python"
 VENV_NFLOGD = REPO / ".venv" / "bin" / "nflogd"
 NFLOGD_EXE = VENV_NFLOGD   # --nflogd overrides it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NS_PREFIX = "nflogd-bench-"
 PORT = 9999          # flood destination; group n+1's traffic goes to PORT + n
 GROUP = 5            # first NFLOG group; the second (scenario c) is GROUP + 1
 METRICS_PORT = 10040
@@ -62,70 +61,12 @@ def run(cmd: list[str], *, input: str | None = None, timeout: float = 60,
 
 
 # ------------------------------------------------------------------------------------------------
-# Namespaces
+# Namespaces: the tests' helper (tests/netns.py), one implementation for both
 # ------------------------------------------------------------------------------------------------
-class Netns:
-    """A private network namespace with loopback up; deleted (and emptied) on exit."""
+sys.path.insert(0, str(REPO / "tests"))
+from netns import Netns, delete_stale  # noqa: E402
 
-    _n = 0
-    live: set[str] = set()   # for the signal handler's last-ditch cleanup
-
-    def __init__(self) -> None:
-        Netns._n += 1
-        self.name = f"{NS_PREFIX}{os.getpid()}-{Netns._n}"
-        run(["ip", "netns", "add", self.name])
-        Netns.live.add(self.name)
-        run(["ip", "-n", self.name, "link", "set", "lo", "up"])
-
-    def __enter__(self) -> "Netns":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.delete()
-
-    def delete(self) -> None:
-        delete_netns(self.name)
-        Netns.live.discard(self.name)
-
-    def argv(self, cmd: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name] + cmd
-
-    def nft(self, ruleset: str) -> None:
-        run(self.argv(["nft", "-f", "-"]), input=textwrap.dedent(ruleset))
-
-    def counters(self) -> dict[str, int]:
-        """{rule comment: packets} for the bench rules: the ground truth of what was logged."""
-        data = json.loads(run(self.argv(["nft", "-j", "list", "ruleset"])).stdout)
-        out: dict[str, int] = {}
-        for item in data.get("nftables", []):
-            rule = item.get("rule")
-            if not rule or "comment" not in rule:
-                continue
-            for expr in rule.get("expr", []):
-                if "counter" in expr:
-                    out[rule["comment"]] = expr["counter"]["packets"]
-        return out
-
-
-def delete_netns(name: str) -> None:
-    # Kill whatever still runs inside first: a namespace with live processes outlives `delete`.
-    pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    run(["ip", "netns", "delete", name], check=False)
-
-
-def delete_stale_namespaces() -> None:
-    """Namespaces of an earlier harness that was SIGKILLed (its pid is gone)."""
-    for line in run(["ip", "netns", "list"], check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(re.escape(NS_PREFIX) + r"(\d+)-\d+", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            log(f"deleting stale namespace {name}")
-            delete_netns(name)
+NS_TAG = "bench"     # namespaces are nflogd-bench-PID-N
 
 
 def flood_ruleset(groups: list[int], hook: str = "input") -> str:
@@ -627,7 +568,7 @@ def parse_flood(out: str) -> dict:
 
 def measure(consumer: Consumer, groups: list[int], flood_args: list[str], expect: int,
             perf: bool = False) -> dict:
-    with Netns() as ns:
+    with Netns(NS_TAG) as ns:
         ns.nft(flood_ruleset(groups))
         try:
             consumer.start(ns, groups)
@@ -653,7 +594,7 @@ def measure(consumer: Consumer, groups: list[int], flood_args: list[str], expect
             if perf_proc:
                 perf_proc.send_signal(signal.SIGINT)
                 perf_out = perf_proc.communicate(timeout=10)[1]
-            logged = sum(ns.counters().get(f"g{g}", 0) for g in groups)
+            logged = sum(ns.counters().get(f"g{g}", (0, 0))[0] for g in groups)
             res = consumer.collect()
         finally:
             consumer.stop()
@@ -796,7 +737,7 @@ def run_series(args, tmp: Path, results: dict) -> None:
     out = {}
     for n in sizes:
         c = Nflogd(tmp, extra_config=f"max_series: {n + 1000}\n")
-        with Netns() as ns:
+        with Netns(NS_TAG) as ns:
             ns.nft(flood_ruleset([GROUP], hook="output"))
             try:
                 c.start(ns, [GROUP])
@@ -825,7 +766,7 @@ def run_series(args, tmp: Path, results: dict) -> None:
                 rss1 = rss_bytes(c.proc.pid)
                 out[str(n)] = {
                     "series": s.get("series"), "records": sum(s["packets"].values()),
-                    "logged": ns.counters().get(f"g{GROUP}", 0),
+                    "logged": ns.counters().get(f"g{GROUP}", (0, 0))[0],
                     "scrape_ms_median": 1000 * statistics.median(s["times"]),
                     "scrape_ms_min": 1000 * min(s["times"]),
                     "scrape_bytes": statistics.median(s["sizes"]), "repeats": repeats,
@@ -873,7 +814,7 @@ def run_ready(args, tmp: Path, results: dict) -> None:
         results["ready"] = {"not_available": why}
         return
     times = []
-    with Netns() as ns:
+    with Netns(NS_TAG) as ns:
         t0 = time.monotonic()
         run(ns.argv(["true"]))
         netns_exec_s = time.monotonic() - t0
@@ -1083,7 +1024,8 @@ def main() -> int:
         global NFLOGD_EXE
         NFLOGD_EXE = Path(args.nflogd).resolve()
     OUT.mkdir(parents=True, exist_ok=True)
-    delete_stale_namespaces()
+    for name in delete_stale(NS_TAG):
+        log(f"deleted stale namespace {name}")
     # Consumer output files go to tmpfs so disk speed never limits ulogd2 or uacctd.
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="nflogd-bench-", dir=shm))
@@ -1129,9 +1071,7 @@ def main() -> int:
         code = 130
     finally:
         for c in consumers:
-            c.stop()
-        for name in list(Netns.live):
-            delete_netns(name)
+            c.stop()   # each namespace is deleted by its `with` block, also on Ctrl-C/SIGTERM
         shutil.rmtree(tmp, ignore_errors=True)
 
     results["load"]["end"] = os.getloadavg()
