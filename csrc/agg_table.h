@@ -44,7 +44,9 @@ struct agg_entry {
 	uint64_t hash;
 	uint64_t packets, bytes;
 	/* Names this entry for its whole life, wherever it moves in `entries`, and is never reused
-	 * by this table (from 1): readers cache per entry by it (exposition.c's label strings). */
+	 * by this table (from 1): readers cache per entry by it (exposition.c's label strings, the
+	 * hot entry below). Whatever puts a new key into an entry (insert, displacement) gives it a
+	 * new serial: ++last_serial. */
 	uint64_t serial;
 };
 
