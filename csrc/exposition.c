@@ -124,7 +124,7 @@ uint32_t expo_intern(struct expo *e, const char *text, size_t len)
 	return idx;
 }
 
-void expo_add(struct expo *e, uint32_t label, uint64_t packets, uint64_t bytes)
+int expo_add(struct expo *e, uint32_t label, uint64_t packets, uint64_t bytes)
 {
 	struct expo_label *l = &e->labels[label];
 	if (l->render != e->render) {
@@ -132,7 +132,7 @@ void expo_add(struct expo *e, uint32_t label, uint64_t packets, uint64_t bytes)
 			uint32_t cap = e->order_cap ? e->order_cap * 2 : 1024;
 			uint32_t *o = realloc(e->order, cap * sizeof(*o));
 			if (!o)
-				return;  /* out of memory: this series is missing from one scrape */
+				return -1;
 			e->order = o;
 			e->order_cap = cap;
 		}
@@ -142,6 +142,7 @@ void expo_add(struct expo *e, uint32_t label, uint64_t packets, uint64_t bytes)
 	}
 	l->packets += packets;
 	l->bytes += bytes;
+	return 0;
 }
 
 void expo_sweep(struct expo *e)
@@ -230,6 +231,8 @@ void keymap_destroy(struct expo_keymap *m)
 int keymap_reserve(struct expo_keymap *m, uint32_t n)
 {
 	uint32_t slots = 64;
+	if (n > (1u << 30))
+		return -1;
 	while (slots < 2 * (uint64_t)n)
 		slots *= 2;
 	if (slots <= m->slots)

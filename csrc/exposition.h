@@ -53,8 +53,8 @@ void expo_reset(struct expo *e);
 void expo_begin(struct expo *e);
 /* The index of this label text, interned if new; EXPO_NONE when out of memory. */
 uint32_t expo_intern(struct expo *e, const char *text, size_t len);
-/* Add counts to a label in this render. */
-void expo_add(struct expo *e, uint32_t label, uint64_t packets, uint64_t bytes);
+/* Add counts to a label in this render; -1 when out of memory. */
+int expo_add(struct expo *e, uint32_t label, uint64_t packets, uint64_t bytes);
 /* End a render: frees the labels it did not add to (their keys are gone). */
 void expo_sweep(struct expo *e);
 

@@ -596,18 +596,21 @@ static int render_part(RendererObject *self, PyObject *part)
 		if (idx == EXPO_NONE && (idx = label_of_key(self, agg, labels, &rc, it)) == EXPO_NONE)
 			goto out;
 		keymap_put(&map, it->serial, idx);
-		expo_add(&self->e, idx, it->packets, it->bytes);
+		if (expo_add(&self->e, idx, it->packets, it->bytes) < 0) {
+			PyErr_NoMemory();
+			goto out;
+		}
 	}
 	if (rc.overflow_packets && overflow != Py_None) {
 		Py_ssize_t len;
 		const char *text = PyUnicode_AsUTF8AndSize(overflow, &len);
 		uint32_t idx = text ? expo_intern(&self->e, text, (size_t)len) : EXPO_NONE;
-		if (idx == EXPO_NONE) {
+		if (idx == EXPO_NONE || expo_add(&self->e, idx, rc.overflow_packets,
+						 rc.overflow_bytes) < 0) {
 			if (!PyErr_Occurred())
 				PyErr_NoMemory();
 			goto out;
 		}
-		expo_add(&self->e, idx, rc.overflow_packets, rc.overflow_bytes);
 	}
 	keymap_destroy(&c->map);
 	c->map = map;
@@ -627,7 +630,6 @@ static void renderer_drop_unused(RendererObject *self)
 	Py_ssize_t j = 0;
 	for (Py_ssize_t i = 0; i < self->ncaches; i++) {
 		if (self->caches[i].used) {
-			self->caches[i].used = 0;
 			self->caches[j++] = self->caches[i];
 		} else {
 			renderer_drop_cache(&self->caches[i]);
@@ -680,6 +682,8 @@ static PyObject *renderer_render(RendererObject *self, PyObject *args)
 		Py_SETREF(self->tag, tag);
 	}
 	expo_begin(&self->e);
+	for (Py_ssize_t i = 0; i < self->ncaches; i++)
+		self->caches[i].used = 0;  /* a failed render before may have left some set */
 	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq) && !failed; i++)
 		failed = render_part(self, PyTuple_GET_ITEM(seq, i)) < 0;
 	if (failed)
