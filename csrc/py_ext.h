@@ -10,7 +10,8 @@
 #include "record.h"
 
 extern PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError;
-extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType, CounterRendererType;
+extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType, CountsType,
+	CounterRendererType;
 
 /* Raise the exception that fits a negative errno, with a message; returns NULL for `return set_error(...)`. */
 PyObject *set_error(int negerr, const char *fmt, ...);
@@ -33,6 +34,12 @@ PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr);
 
 /* The aggregator's table, for Nflog.aggregate (which folds into it with the GIL released). */
 struct agg_table *aggregator_table(PyObject *agg);
+/* An entry's key as a tuple in the aggregator's field order (as snapshot() has it). */
+PyObject *aggregator_key_tuple(PyObject *agg, const struct agg_entry *e);
+/* 0, or -1 with RuntimeError when Aggregator.__init__ was not called. */
+int aggregator_check_ready(PyObject *agg);
+/* Aggregator.counts(): a frozen Counts of agg (py_exposition.c). */
+PyObject *counts_of(PyObject *agg);
 
 #define SELF_FREE(o) Py_TYPE(o)->tp_free((PyObject *)(o))
 

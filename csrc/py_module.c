@@ -88,6 +88,7 @@ PyMODINIT_FUNC PyInit__nflog(void)
 	    add_type(m, &NflogType, "Nflog") < 0 || add_type(m, &NflogDataType, "NflogData") < 0 ||
 	    add_type(m, &AggregatorType, "Aggregator") < 0 ||
 	    add_type(m, &SeriesBudgetType, "SeriesBudget") < 0 ||
+	    add_type(m, &CountsType, "Counts") < 0 ||
 	    add_type(m, &CounterRendererType, "CounterRenderer") < 0)
 		goto fail;
 

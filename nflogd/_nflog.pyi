@@ -166,6 +166,9 @@ class Aggregator:
         indexes (None when absent; names belong to the handle's network namespace); uid, gid and proto
         None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints.
         Counters only grow, until clear()."""
+    def counts(self) -> Counts:
+        """The counters now as a frozen Counts (one copy under the lock, no Python object per key): what
+        CounterRenderer renders, and rows() gives snapshot()'s list when Python wants the rows."""
     def clear(self) -> None:
         """Forget every key and counter (returning the keys to the budget)."""
     @property
@@ -189,18 +192,34 @@ class Aggregator:
 
 
 @final
+class Counts:
+    """An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, overflow,
+    rows(). CounterRenderer renders it without a Python object per key."""
+
+    def rows(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
+        """The counters as Aggregator.snapshot() lists them: (key, packets, bytes) per key."""
+    def __len__(self) -> int: ...
+    @property
+    def overflow(self) -> Tuple[int, int]:
+        """(packets, bytes) of the aggregator's overflow when copied."""
+    @property
+    def aggregator(self) -> Aggregator:
+        """The Aggregator these counts were copied from."""
+
+
+@final
 class CounterRenderer:
     """Writes the record counters of Aggregators as Prometheus text in C, with each key's label string
     built once (by a Python callable) and cached while the key lives. See render()."""
 
     def __init__(self) -> None: ...
-    def render(self, parts: Iterable[Tuple[Aggregator, Callable[[Tuple[_KeyValue, ...]], str],
-                                           Optional[str]]],
+    def render(self, parts: Iterable[Tuple[Union[Counts, Aggregator],
+                                           Callable[[Tuple[_KeyValue, ...]], str], Optional[str]]],
                tag: object, families: Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]],
                tail: bytes = b"", /) -> bytes:
         """The record counters as Prometheus text, followed by tail, as one bytes object.
-        parts: (aggregator, labels, overflow_labels) per aggregator; labels(key) returns the label
-        string of a key (as in snapshot(), e.g. '{group="5"}') and is called once per new key, the
+        parts: (counts, labels, overflow_labels) per aggregator, counts an Aggregator.counts() (or the
+        Aggregator, copied now); labels(key) returns the label string of a key (as in snapshot(), e.g. '{group="5"}') and is called once per new key, the
         result cached per aggregator entry; overflow_labels (str or None) names the aggregator's
         overflow series. Keys whose label strings are equal, in any part, are one series: their counts
         add up. Every cached label is dropped when tag differs from the previous render's (interface

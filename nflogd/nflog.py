@@ -34,6 +34,7 @@ from ._nflog import (
     PREFIX_MAX,
     Aggregator,
     CounterRenderer,
+    Counts,
     Nflog,
     NflogClosedError,
     NflogData,
@@ -44,7 +45,7 @@ from ._nflog import (
 )
 
 __all__ = [
-    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "CounterRenderer", "FIELDS",
+    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "Counts", "CounterRenderer", "FIELDS",
     "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError",
     "ENOBUFS_RAISE", "ENOBUFS_HANDLE", "ENOBUFS_DISABLE", "COPY_NONE", "COPY_META", "COPY_PACKET",
     "COPY_RANGE_MAX", "NLBUF_MIN", "NLBUF_MAX", "PREFIX_MAX", "LIBNETFILTER_LOG_VERSION",

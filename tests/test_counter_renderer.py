@@ -81,10 +81,18 @@ def test_series_equal_rule_counters_and_labels_are_built_once_per_key() -> None:
                         s[("b_total", frozenset({("prefix", p)}))]) == rule_counts(ns, p)
             assert sorted(labels.calls) == [(b"pa",), (b"pb",)] and r.labels == 2
 
+            # A Counts is a frozen copy: more records do not change it, and it renders the same.
+            frozen = agg.counts()
+            assert sorted(frozen.rows()) == sorted(agg.snapshot()) and len(frozen) == 2
+            assert frozen.overflow == (0, 0) and frozen.aggregator is agg
+
             # More records, one new key: the callable sees only the new key.
             flood(ns, {7301: 5, 7303: 3})
             aggregate_until(h, agg, 26)
-            s = parse(r.render([(agg, labels, None)], "tag1", FAMILIES))
+            assert len(frozen) == 2 and sorted(frozen.rows()) != sorted(agg.snapshot())
+            assert r.render([(frozen, labels, None)], "tag1", FAMILIES) == body[:-len(b"# tail\nt 1\n")]
+            assert len(labels.calls) == 2  # the frozen keys were known: no new label
+            s = parse(r.render([(agg.counts(), labels, None)], "tag1", FAMILIES))
             assert sorted(labels.calls) == [(b"pa",), (b"pb",), (b"pc",)] and r.labels == 3
             for p in ("pa", "pb", "pc"):
                 assert (s[("p_total", frozenset({("prefix", p)}))],

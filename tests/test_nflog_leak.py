@@ -177,6 +177,9 @@ rend = nflog.CounterRenderer()  # the C scrape: new keys, cached keys, merging, 
 fams = ((b"# p\n", b"p"), (b"# b\n", b"b"))
 for tag in (1, 1, 2):
     body = rend.render([(agg, lambda k: '{x="%s"}' % k[1], "{x=\"over\"}")], tag, fams, b"t 1\n")
+frozen = agg.counts()
+assert sorted(frozen.rows()) == sorted(agg.snapshot()) and len(frozen) == 2, frozen.rows()
+assert rend.render([(frozen, lambda k: '{x="%s"}' % k[1], "{x=\"over\"}")], 2, fams, b"t 1\n") == body
 assert body.count(b"\n") == 2 + 2 * 3 + 1 and rend.labels == 3, body
 try:
     rend.render([(agg, lambda k: 1 / 0, None)], 3, fams)
@@ -199,7 +202,7 @@ t = threading.Thread(target=block); t.start(); time.sleep(0.3); h2.close(); t.jo
 h.close()
 assert recs[0].indev == "vb0" and len(recs[0].hwaddr) == 6  # records outlive the handle
 assert list(h) == [] and nflog.Nflog.__new__(nflog.Nflog).queued == 0
-agg.clear(); rend.render([(agg, str, None)], 3, fams); del agg, recs, snap, rend
+agg.clear(); rend.render([(agg, str, None)], 3, fams); del agg, recs, snap, rend, frozen
 assert budget.used == 0
 print("done", flush=True)
 '''
