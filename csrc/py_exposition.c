@@ -264,7 +264,57 @@ static uint32_t label_of_key(RendererObject *self, const CountsObject *c, size_t
 	return idx;
 }
 
-/* One part: (counts or aggregator, labels, overflow_labels). */
+/* The overflow series of a part, when it has records. */
+static int add_overflow(RendererObject *self, PyObject *overflow, uint64_t packets, uint64_t bytes)
+{
+	Py_ssize_t len;
+	if (!packets || overflow == Py_None)
+		return 0;
+	const char *text = PyUnicode_AsUTF8AndSize(overflow, &len);
+	uint32_t idx = text ? expo_intern(&self->e, text, (size_t)len) : EXPO_NONE;
+	if (idx == EXPO_NONE || expo_add(&self->e, idx, packets, bytes) < 0) {
+		if (!PyErr_Occurred())
+			PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
+
+/* A part whose counts are Python rows (key, packets, bytes), e.g. a snapshot made by hand: with no
+ * entry serials to cache by, every row's label string is built again. Its overflow is the part's
+ * optional fourth item, (packets, bytes). */
+static int render_rows(RendererObject *self, PyObject *rows, PyObject *labels)
+{
+	PyObject *it = PyObject_GetIter(rows), *row;
+	if (!it)
+		return -1;
+	while ((row = PyIter_Next(it))) {
+		PyObject *key, *s;
+		unsigned long long packets, bytes;
+		int ok = PyArg_ParseTuple(row, "OKK;a row is (key, packets, bytes)", &key, &packets,
+					  &bytes);
+		s = ok ? PyObject_CallOneArg(labels, key) : NULL;
+		Py_DECREF(row);
+		if (!s)
+			break;
+		Py_ssize_t len;
+		const char *text = PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &len) : NULL;
+		uint32_t idx = text ? expo_intern(&self->e, text, (size_t)len) : EXPO_NONE;
+		if (!text && !PyErr_Occurred())
+			PyErr_Format(PyExc_TypeError, "labels() must return str, not %.100s",
+				     Py_TYPE(s)->tp_name);
+		Py_DECREF(s);
+		if (idx == EXPO_NONE || expo_add(&self->e, idx, packets, bytes) < 0) {
+			if (!PyErr_Occurred())
+				PyErr_NoMemory();
+			break;
+		}
+	}
+	Py_DECREF(it);
+	return PyErr_Occurred() ? -1 : 0;
+}
+
+/* One part: (counts or aggregator or rows, labels, overflow_labels[, overflow]). */
 static int render_part(RendererObject *self, PyObject *part)
 {
 	PyObject *src, *labels, *overflow, *owned = NULL;
@@ -272,20 +322,21 @@ static int render_part(RendererObject *self, PyObject *part)
 	int ok = 0;
 
 	keymap_init(&map);
-	if (!PyArg_ParseTuple(part, "OOO;a part is (Counts, labels, overflow_labels)", &src, &labels,
-			      &overflow))
+	unsigned long long over_packets = 0, over_bytes = 0;
+	if (!PyArg_ParseTuple(part, "OOO|(KK);a part is (Counts, labels, overflow_labels)", &src,
+			      &labels, &overflow, &over_packets, &over_bytes))
 		return -1;
+	if (overflow != Py_None && !PyUnicode_Check(overflow)) {
+		PyErr_SetString(PyExc_TypeError, "overflow_labels must be str or None");
+		return -1;
+	}
 	if (PyObject_TypeCheck(src, &AggregatorType)) {
 		if (aggregator_check_ready(src) < 0 || !(owned = src = counts_of(src)))
 			return -1;
 	} else if (!PyObject_TypeCheck(src, &CountsType)) {
-		PyErr_Format(PyExc_TypeError, "a part starts with Counts or Aggregator, not %.100s",
-			     Py_TYPE(src)->tp_name);
-		return -1;
-	}
-	if (overflow != Py_None && !PyUnicode_Check(overflow)) {
-		PyErr_SetString(PyExc_TypeError, "overflow_labels must be str or None");
-		goto out;
+		if (render_rows(self, src, labels) < 0)
+			return -1;
+		return add_overflow(self, overflow, over_packets, over_bytes);
 	}
 	CountsObject *c = (CountsObject *)src;
 	struct render_cache *rc = renderer_cache_for(self, c->agg);
@@ -305,17 +356,8 @@ static int render_part(RendererObject *self, PyObject *part)
 			goto out;
 		}
 	}
-	if (c->overflow_packets && overflow != Py_None) {
-		Py_ssize_t len;
-		const char *text = PyUnicode_AsUTF8AndSize(overflow, &len);
-		uint32_t idx = text ? expo_intern(&self->e, text, (size_t)len) : EXPO_NONE;
-		if (idx == EXPO_NONE || expo_add(&self->e, idx, c->overflow_packets,
-						 c->overflow_bytes) < 0) {
-			if (!PyErr_Occurred())
-				PyErr_NoMemory();
-			goto out;
-		}
-	}
+	if (add_overflow(self, overflow, c->overflow_packets, c->overflow_bytes) < 0)
+		goto out;
 	keymap_destroy(&rc->map);
 	rc->map = map;
 	keymap_init(&map);  /* now owned by the cache */
@@ -344,7 +386,8 @@ PyDoc_STRVAR(render_doc,
 "render($self, parts, tag, families, tail=b'', /)\n--\n\n"
 "The record counters as Prometheus text, followed by tail, as one bytes object.\n"
 "parts: (counts, labels, overflow_labels) per aggregator, counts an Aggregator.counts() (or the\n"
-"Aggregator, copied now); labels(key) returns the label\n"
+"Aggregator, copied now, or rows as snapshot() lists them, their label strings then built every\n"
+"time, with the overflow as an optional fourth item (packets, bytes)); labels(key) returns the label\n"
 "string of a key (as in snapshot(), e.g. '{group=\"5\"}') and is called once per new key, the\n"
 "result cached per aggregator entry; overflow_labels (str or None) names the aggregator's\n"
 "overflow series. Keys whose label strings are equal, in any part, are one series: their counts\n"

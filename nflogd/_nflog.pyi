@@ -213,13 +213,14 @@ class CounterRenderer:
     built once (by a Python callable) and cached while the key lives. See render()."""
 
     def __init__(self) -> None: ...
-    def render(self, parts: Iterable[Tuple[Union[Counts, Aggregator],
-                                           Callable[[Tuple[_KeyValue, ...]], str], Optional[str]]],
+    def render(self, parts: Iterable[Tuple[object, ...]],
                tag: object, families: Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]],
                tail: bytes = b"", /) -> bytes:
         """The record counters as Prometheus text, followed by tail, as one bytes object.
         parts: (counts, labels, overflow_labels) per aggregator, counts an Aggregator.counts() (or the
-        Aggregator, copied now); labels(key) returns the label string of a key (as in snapshot(), e.g. '{group="5"}') and is called once per new key, the
+        Aggregator, copied now, or rows as snapshot() lists them, their label strings then built every
+        time, with the overflow as an optional fourth item (packets, bytes)); labels(key) returns the
+        label string of a key (as in snapshot(), e.g. '{group="5"}') and is called once per new key, the
         result cached per aggregator entry; overflow_labels (str or None) names the aggregator's
         overflow series. Keys whose label strings are equal, in any part, are one series: their counts
         add up. Every cached label is dropped when tag differs from the previous render's (interface
