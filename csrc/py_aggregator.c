@@ -203,14 +203,15 @@ static PyObject *key_value(const struct agg_key *k, int field)
 	}
 }
 
-/* The key as snapshot() and the label callable of CounterRenderer see it. */
-static PyObject *key_tuple(AggregatorObject *self, const struct agg_entry *e)
+/* A key as a tuple of its values in this field order: what snapshot() and Counts.rows() list
+ * and CounterRenderer's label callable is given. */
+PyObject *aggregator_key_tuple(const int *order, int nfields, const struct agg_entry *e)
 {
-	PyObject *key = PyTuple_New(self->nfields);
+	PyObject *key = PyTuple_New(nfields);
 	if (!key)
 		return NULL;
-	for (int i = 0; i < self->nfields; i++) {
-		PyObject *v = key_value(&e->key, self->order[i]);
+	for (int i = 0; i < nfields; i++) {
+		PyObject *v = key_value(&e->key, order[i]);
 		if (!v) {
 			Py_DECREF(key);
 			return NULL;
@@ -220,9 +221,16 @@ static PyObject *key_tuple(AggregatorObject *self, const struct agg_entry *e)
 	return key;
 }
 
-PyObject *aggregator_key_tuple(PyObject *agg, const struct agg_entry *e)
+static PyObject *key_tuple(AggregatorObject *self, const struct agg_entry *e)
 {
-	return key_tuple((AggregatorObject *)agg, e);
+	return aggregator_key_tuple(self->order, self->nfields, e);
+}
+
+void aggregator_order(PyObject *agg, int order[F_NFIELDS], int *nfields)
+{
+	AggregatorObject *a = (AggregatorObject *)agg;
+	memcpy(order, a->order, sizeof(a->order));
+	*nfields = a->nfields;
 }
 
 int aggregator_check_ready(PyObject *agg)

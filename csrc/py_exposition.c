@@ -18,7 +18,9 @@ struct count_item {
 
 typedef struct {
 	PyObject_HEAD
-	PyObject *agg;            /* the Aggregator copied: its field order, the renderer's cache key */
+	PyObject *agg;            /* the Aggregator copied: the renderer's cache key */
+	int order[F_NFIELDS];     /* its field order when copied (keys are read in it) */
+	int nfields;
 	struct count_item *items;
 	size_t n;
 	char *keys;
@@ -31,6 +33,7 @@ static int copy_table(struct agg_table *t, CountsObject *c)
 	size_t keys_len = 0;
 	int ok = 0;
 	pthread_mutex_lock(&t->lock);
+	aggregator_order(c->agg, c->order, &c->nfields);  /* a relabel may change it, under the lock */
 	c->n = t->nentries;
 	c->overflow_packets = t->overflow_packets;
 	c->overflow_bytes = t->overflow_bytes;
@@ -90,7 +93,7 @@ static PyObject *counts_key(const CountsObject *c, size_t i)
 	const struct agg_key *k = (const struct agg_key *)(c->keys + c->items[i].key_off);
 	memset(&e.key, 0, sizeof(e.key));
 	memcpy(&e.key, k, AGG_KEY_LEN(k));
-	return aggregator_key_tuple(c->agg, &e);
+	return aggregator_key_tuple(c->order, c->nfields, &e);
 }
 
 PyDoc_STRVAR(rows_doc,
