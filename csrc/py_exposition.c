@@ -130,6 +130,32 @@ static PyObject *counts_get_overflow(CountsObject *self, void *c)
 			     (unsigned long long)self->overflow_bytes);
 }
 
+static PyObject *counts_get_fields(CountsObject *self, void *c)
+{
+	(void)c;
+	PyObject *t = PyTuple_New(self->nfields);
+	for (int i = 0; t && i < self->nfields; i++) {
+		PyObject *name = PyUnicode_FromString(agg_field_names[self->order[i]]);
+		if (!name) {
+			Py_CLEAR(t);
+			break;
+		}
+		PyTuple_SET_ITEM(t, i, name);
+	}
+	return t;
+}
+
+static PyObject *counts_get_sum(CountsObject *self, void *c)
+{
+	unsigned long long packets = 0, bytes = 0;
+	(void)c;
+	for (size_t i = 0; i < self->n; i++) {
+		packets += self->items[i].packets;
+		bytes += self->items[i].bytes;
+	}
+	return Py_BuildValue("(KK)", packets, bytes);
+}
+
 static PyObject *counts_get_aggregator(CountsObject *self, void *c)
 {
 	(void)c;
@@ -145,6 +171,10 @@ static PyMethodDef counts_methods[] = {
 static PyGetSetDef counts_getset[] = {
 	{"overflow", (getter)counts_get_overflow, NULL,
 	 PyDoc_STR("(packets, bytes) of the aggregator's overflow when copied."), NULL},
+	{"fields", (getter)counts_get_fields, NULL,
+	 PyDoc_STR("The key fields, in the order the keys were copied in."), NULL},
+	{"sum", (getter)counts_get_sum, NULL,
+	 PyDoc_STR("(packets, bytes) over every key (overflow not included)."), NULL},
 	{"aggregator", (getter)counts_get_aggregator, NULL,
 	 PyDoc_STR("The Aggregator these counts were copied from."), NULL},
 	{NULL, NULL, NULL, NULL, NULL},
@@ -154,8 +184,8 @@ static PySequenceMethods counts_as_sequence = {.sq_length = (lenfunc)counts_len}
 
 PyDoc_STRVAR(counts_type_doc,
 "Counts\n--\n\n"
-"An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, overflow,\n"
-"rows(). CounterRenderer renders it without a Python object per key.");
+"An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, fields,\n"
+"overflow, sum, rows(). CounterRenderer renders it without a Python object per key.");
 
 PyTypeObject CountsType = {
 	PyVarObject_HEAD_INIT(NULL, 0)

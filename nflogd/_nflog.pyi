@@ -193,8 +193,8 @@ class Aggregator:
 
 @final
 class Counts:
-    """An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, overflow,
-    rows(). CounterRenderer renders it without a Python object per key."""
+    """An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, fields,
+    overflow, sum, rows(). CounterRenderer renders it without a Python object per key."""
 
     def rows(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
         """The counters as Aggregator.snapshot() lists them: (key, packets, bytes) per key."""
@@ -202,6 +202,12 @@ class Counts:
     @property
     def overflow(self) -> Tuple[int, int]:
         """(packets, bytes) of the aggregator's overflow when copied."""
+    @property
+    def fields(self) -> Tuple[str, ...]:
+        """The key fields, in the order the keys were copied in."""
+    @property
+    def sum(self) -> Tuple[int, int]:
+        """(packets, bytes) over every key (overflow not included)."""
     @property
     def aggregator(self) -> Aggregator:
         """The Aggregator these counts were copied from."""

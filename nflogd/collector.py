@@ -93,10 +93,10 @@ class RecordCounters:
         wanted = fields_for(cfg.labels)
         parts = []
         for w in workers:
-            agg, gcfg = w.aggregator, w.cfg
-            if agg.fields != wanted:
+            counts, gcfg = w.aggregator.counts(), w.cfg  # keys, fields, overflow at one instant
+            if counts.fields != wanted:
                 continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
-            parts.append((agg, functools.partial(self._labels, cfg, gcfg, agg.fields),
+            parts.append((counts, functools.partial(self._labels, cfg, gcfg, counts.fields),
                           self._overflow_labels(cfg, gcfg)))
         return self._renderer.render(parts, tag, FAMILIES, tail)
 

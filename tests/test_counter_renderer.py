@@ -85,6 +85,7 @@ def test_series_equal_rule_counters_and_labels_are_built_once_per_key() -> None:
             frozen = agg.counts()
             assert sorted(frozen.rows()) == sorted(agg.snapshot()) and len(frozen) == 2
             assert frozen.overflow == (0, 0) and frozen.aggregator is agg
+            assert frozen.fields == ("prefix",) and frozen.sum == rule_counts(ns, "pa", "pb")
 
             # More records, one new key: the callable sees only the new key.
             flood(ns, {7301: 5, 7303: 3})
