@@ -14,6 +14,7 @@
  *   KEYS     distinct keys, cycled record by record (source address and input interface
  *            1..KEYS; 1: a flood of one key, as floods are)
  *   FIELDS   comma list of aggregation fields (nflog.FIELDS names)
+ *   MAX_KEYS the table's key limit (default 2^30): keys past it overflow
  * Prints: records=N keys=K overflow=O */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -95,8 +96,8 @@ static int fold(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: hotpath RECORDS KEYS FIELDS\n");
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: hotpath RECORDS KEYS FIELDS [MAX_KEYS]\n");
 		return 2;
 	}
 	unsigned long long records = strtoull(argv[1], NULL, 0);
@@ -121,7 +122,8 @@ int main(int argc, char **argv)
 	s.buf = malloc(s.bufsize);
 	s.seq = 1;
 	struct agg_table t;
-	if (!s.buf || agg_init(&t, mask, 1u << 30, NULL) < 0)
+	size_t max_keys = argc == 5 ? strtoul(argv[4], NULL, 0) : 1u << 30;
+	if (!s.buf || agg_init(&t, mask, max_keys, NULL) < 0)
 		return 1;
 	s.layout.want = agg_wanted_attrs(mask);  /* as Nflog.aggregate does */
 
