@@ -9,7 +9,7 @@
  * INPUT on lo with `log group G prefix "bench"`, seq on and copy range 128: PACKET_HDR, PREFIX,
  * IFINDEX_INDEV, HWADDR, HWTYPE, HWLEN, HWHEADER, TIMESTAMP, SEQ, PAYLOAD (IPv4 + UDP + 64 bytes).
  *
- * Usage: hotpath RECORDS KEYS FIELDS
+ * Usage: hotpath RECORDS KEYS FIELDS [MAX_KEYS]
  *   RECORDS  records to fold (in datagrams of 1000)
  *   KEYS     distinct keys, cycled record by record (source address and input interface
  *            1..KEYS; 1: a flood of one key, as floods are)
