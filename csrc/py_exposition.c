@@ -57,15 +57,21 @@ static int copy_table(struct agg_table *t, CountsObject *c)
 	return ok ? 0 : -1;
 }
 
+/* 0, or -1 with RuntimeError for a Counts made by __new__ alone. */
+static int counts_ready(const CountsObject *c)
+{
+	if (c->agg)
+		return 0;
+	PyErr_SetString(PyExc_RuntimeError, "Counts.__init__ was not called");
+	return -1;
+}
+
 PyObject *counts_of(PyObject *agg)
 {
 	int failed;
-	CountsObject *c = PyObject_New(CountsObject, &CountsType);
+	CountsObject *c = (CountsObject *)CountsType.tp_alloc(&CountsType, 0);  /* zeroed */
 	if (!c)
 		return NULL;
-	c->items = NULL;
-	c->keys = NULL;
-	c->n = 0;
 	Py_INCREF(agg);
 	c->agg = agg;
 	Py_BEGIN_ALLOW_THREADS
@@ -83,7 +89,7 @@ static void counts_dealloc(CountsObject *self)
 	free(self->items);
 	free(self->keys);
 	Py_XDECREF(self->agg);
-	PyObject_Free(self);
+	SELF_FREE(self);
 }
 
 /* Item i's key as snapshot() has it. */
@@ -103,6 +109,8 @@ PyDoc_STRVAR(rows_doc,
 static PyObject *counts_rows(CountsObject *self, PyObject *unused)
 {
 	(void)unused;
+	if (counts_ready(self) < 0)
+		return NULL;
 	PyObject *list = PyList_New((Py_ssize_t)self->n);
 	for (size_t i = 0; list && i < self->n; i++) {
 		PyObject *key = counts_key(self, i);
@@ -159,6 +167,8 @@ static PyObject *counts_get_sum(CountsObject *self, void *c)
 static PyObject *counts_get_aggregator(CountsObject *self, void *c)
 {
 	(void)c;
+	if (counts_ready(self) < 0)
+		return NULL;
 	Py_INCREF(self->agg);
 	return self->agg;
 }
@@ -182,9 +192,33 @@ static PyGetSetDef counts_getset[] = {
 
 static PySequenceMethods counts_as_sequence = {.sq_length = (lenfunc)counts_len};
 
+static int counts_init(CountsObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"aggregator", NULL};
+	PyObject *agg;
+	int failed;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!:Counts", kwlist, &AggregatorType, &agg) ||
+	    aggregator_check_ready(agg) < 0)
+		return -1;
+	if (self->agg) {
+		PyErr_SetString(PyExc_RuntimeError, "Counts is already initialised");
+		return -1;
+	}
+	Py_INCREF(agg);
+	self->agg = agg;
+	Py_BEGIN_ALLOW_THREADS
+	failed = copy_table(aggregator_table(agg), self) < 0;
+	Py_END_ALLOW_THREADS
+	if (failed) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
+
 PyDoc_STRVAR(counts_type_doc,
-"Counts\n--\n\n"
-"An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, fields,\n"
+"Counts(aggregator)\n--\n\n"
+"An Aggregator's counters frozen at one instant (also Aggregator.counts()): len() keys, fields,\n"
 "overflow, sum, rows(). CounterRenderer renders it without a Python object per key.");
 
 PyTypeObject CountsType = {
@@ -194,6 +228,8 @@ PyTypeObject CountsType = {
 	.tp_dealloc = (destructor)counts_dealloc,
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_doc = counts_type_doc,
+	.tp_init = (initproc)counts_init,
+	.tp_new = PyType_GenericNew,
 	.tp_methods = counts_methods,
 	.tp_getset = counts_getset,
 	.tp_as_sequence = &counts_as_sequence,
@@ -372,6 +408,8 @@ static int render_part(RendererObject *self, PyObject *part)
 		return add_overflow(self, overflow, over_packets, over_bytes);
 	}
 	CountsObject *c = (CountsObject *)src;
+	if (counts_ready(c) < 0)
+		goto out;
 	struct render_cache *rc = renderer_cache_for(self, c->agg);
 	if (!rc || keymap_reserve(&map, (uint32_t)c->n) < 0) {
 		PyErr_NoMemory();

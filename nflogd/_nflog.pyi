@@ -210,8 +210,10 @@ class Aggregator:
 
 @final
 class Counts:
-    """An Aggregator's counters frozen at one instant (Aggregator.counts()): len() keys, fields,
+    """An Aggregator's counters frozen at one instant (also Aggregator.counts()): len() keys, fields,
     overflow, sum, rows(). CounterRenderer renders it without a Python object per key."""
+
+    def __init__(self, aggregator: Aggregator) -> None: ...
 
     def rows(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
         """The counters as Aggregator.snapshot() lists them: (key, packets, bytes) per key."""

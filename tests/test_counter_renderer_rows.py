@@ -51,3 +51,24 @@ def test_bad_rows_and_parts_raise() -> None:
     with pytest.raises(TypeError):
         r.render([(5, str, None)], 0, FAMILIES)  # not iterable
     assert r.render([], 0, FAMILIES) == FAMILIES[0][0] + FAMILIES[1][0]
+
+
+def test_counts_of_an_empty_aggregator_and_misuse() -> None:
+    agg = nflog.Aggregator(["uid", "prefix"])
+    c = nflog.Counts(agg)
+    assert (len(c), c.fields, c.sum, c.overflow, c.rows(), c.aggregator) == \
+        (0, ("uid", "prefix"), (0, 0), (0, 0), [], agg)
+    assert len(agg.counts()) == 0
+    r = nflog.CounterRenderer()
+    assert r.render([(c, str, "{x=\"o\"}")], 0, FAMILIES) == FAMILIES[0][0] + FAMILIES[1][0]
+    with pytest.raises(RuntimeError, match="already initialised"):
+        c.__init__(agg)
+    bare = nflog.Counts.__new__(nflog.Counts)
+    with pytest.raises(RuntimeError, match="__init__ was not called"):
+        bare.rows()
+    with pytest.raises(RuntimeError, match="__init__ was not called"):
+        r.render([(bare, str, None)], 0, FAMILIES)
+    with pytest.raises(TypeError):
+        nflog.Counts(5)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="Aggregator.__init__"):
+        nflog.Counts(nflog.Aggregator.__new__(nflog.Aggregator))
