@@ -6,6 +6,7 @@
 #include "py_ext.h"
 #include "exposition.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,14 +14,46 @@
 
 struct count_item {
 	uint64_t serial, packets, bytes;
-	size_t key_off;           /* AGG_KEY_LEN bytes of the key at keys + key_off */
+	size_t key_off;           /* the packed key (key_pack) at keys + key_off */
 };
+
+/* A key packed as the table compares it: the fixed part, pk in tables with payload fields, then
+ * prefix_len bytes of prefix; rounded to 8 bytes so the next one stays aligned. */
+static size_t key_packed_size(bool payload, const struct agg_key *k)
+{
+	size_t n = AGG_KEY_FIXED + (payload ? sizeof(k->pk) : 0) + k->prefix_len;
+	return (n + 7u) & ~(size_t)7u;
+}
+
+static void key_pack(bool payload, const struct agg_key *k, char *dst)
+{
+	memcpy(dst, k, AGG_KEY_FIXED);
+	dst += AGG_KEY_FIXED;
+	if (payload) {
+		memcpy(dst, &k->pk, sizeof(k->pk));
+		dst += sizeof(k->pk);
+	}
+	memcpy(dst, k->prefix, k->prefix_len);
+}
+
+static void key_unpack(bool payload, const char *src, struct agg_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	memcpy(k, src, AGG_KEY_FIXED);
+	src += AGG_KEY_FIXED;
+	if (payload) {
+		memcpy(&k->pk, src, sizeof(k->pk));
+		src += sizeof(k->pk);
+	}
+	memcpy(k->prefix, src, k->prefix_len);
+}
 
 typedef struct {
 	PyObject_HEAD
 	PyObject *agg;            /* the Aggregator copied: the renderer's cache key */
 	int order[F_NFIELDS];     /* its field order when copied (keys are read in it) */
 	int nfields;
+	bool payload;             /* the table's keys carry pk */
 	struct count_item *items;
 	size_t n;
 	char *keys;
@@ -35,21 +68,21 @@ static int copy_table(struct agg_table *t, CountsObject *c)
 	pthread_mutex_lock(&t->lock);
 	aggregator_order(c->agg, c->order, &c->nfields);  /* a relabel may change it, under the lock */
 	c->n = t->nentries;
+	c->payload = t->payload;
 	c->overflow_packets = t->overflow_packets;
 	c->overflow_bytes = t->overflow_bytes;
 	for (size_t i = 0; i < c->n; i++)
-		keys_len += AGG_KEY_LEN(&t->entries[i].key);
+		keys_len += key_packed_size(c->payload, &t->entries[i].key);
 	c->items = malloc((c->n ? c->n : 1) * sizeof(*c->items));
 	c->keys = malloc(keys_len ? keys_len : 1);
 	if (c->items && c->keys) {
 		size_t off = 0;
 		for (size_t i = 0; i < c->n; i++) {
 			const struct agg_entry *e = &t->entries[i];
-			size_t len = AGG_KEY_LEN(&e->key);
 			c->items[i] = (struct count_item){.serial = e->serial, .packets = e->packets,
 							  .bytes = e->bytes, .key_off = off};
-			memcpy(c->keys + off, &e->key, len);
-			off += len;
+			key_pack(c->payload, &e->key, c->keys + off);
+			off += key_packed_size(c->payload, &e->key);
 		}
 		ok = 1;
 	}
@@ -96,10 +129,8 @@ static void counts_dealloc(CountsObject *self)
 static PyObject *counts_key(const CountsObject *c, size_t i)
 {
 	struct agg_entry e;
-	const struct agg_key *k = (const struct agg_key *)(c->keys + c->items[i].key_off);
-	memset(&e.key, 0, sizeof(e.key));
-	memcpy(&e.key, k, AGG_KEY_LEN(k));
-	return aggregator_key_tuple(c->order, c->nfields, &e);
+	key_unpack(c->payload, c->keys + c->items[i].key_off, &e.key);
+	return aggregator_key_tuple(c->agg, c->order, c->nfields, &e);
 }
 
 PyDoc_STRVAR(rows_doc,

@@ -2,110 +2,78 @@
 
 Two parts, both reading copies taken by the workers' aggregators (nothing here runs per packet):
 - the record counters ``nflog_packets_total`` / ``nflog_bytes_total``, written in C from the
-  aggregators (``nflog.CounterRenderer``) with each key's label string built here once and cached,
-  because a scrape of 100k series must take milliseconds;
+  snapshots' frozen counts (``nflog.CounterRenderer``) with each key's label string built here once
+  and cached, because a scrape of 100k series must take milliseconds;
 - nflogd's own health, as a prometheus_client custom collector yielding metric families.
 """
 
 from __future__ import annotations
 
-import functools
 import platform
 import re
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as generate_openmetrics,
+)
 
-from . import __version__
-from .config import Config, GroupConfig, classify
+from . import __version__, labels
+from .config import Config, classify
 from .http.stats import ServerStats
 from .ifnames import InterfaceNames
-from .nflog import (FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES,
-                    CounterRenderer)
-from .worker import GroupWorker, WorkerStats
+from .nflog import LIBNETFILTER_LOG_VERSION, CounterRenderer
+from .worker import GroupWorker, WorkerSnapshot, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # What Prometheus asks for first; prometheus_client 0.16 (Debian 12) still names version 0.0.1.
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # OpenMetrics names a counter family without the _total its samples carry.
 _OM_COUNTER_META = re.compile(rb"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
-OVERFLOW = "__overflow__"
+OVERFLOW = labels.OVERFLOW
 FAMILIES = ((b"# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n"
              b"# TYPE nflog_packets_total counter\n", b"nflog_packets_total"),
             (b"# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n"
              b"# TYPE nflog_bytes_total counter\n", b"nflog_bytes_total"))
 
-# The aggregation field behind each label (action is derived from the prefix).
-FIELD_OF_LABEL = {
-    "group": "group", "prefix": "prefix", "action": "prefix", "indev": "indev", "outdev": "outdev",
-    "physindev": "physindev", "physoutdev": "physoutdev", "uid": "uid", "gid": "gid",
-    "family": "family", "proto": "proto", "hook": "hook", "mark": "mark",
-}
-
-
-def fields_for(labels: Sequence[str]) -> tuple[str, ...]:
-    """The aggregation fields the labels need, in label order, each once."""
-    return tuple(dict.fromkeys(FIELD_OF_LABEL[name] for name in labels))
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def label_string(pairs: Iterable[tuple[str, str]]) -> str:
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}"
-
 
 class RecordCounters:
-    """Renders the record counters of all workers, merging rows that map to the same labels."""
+    """Renders the record counters of worker snapshots, merging rows that map to the same labels.
+
+    Label strings come from labels.KeyRenderer, built once per key and cached in C per aggregator
+    entry until the config or the interface names change."""
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
         # Label strings per key, cached in C while the key lives (nflog.CounterRenderer).
         self._renderer = CounterRenderer()
 
-    def _value(self, cfg: Config, label: str, raw: object) -> str:
-        if label in ("indev", "outdev", "physindev", "physoutdev"):
-            return self._ifnames.name(raw)  # type: ignore[arg-type]
-        if raw is None:
-            return ""
-        if label == "prefix":
-            return raw.decode("utf-8", "backslashreplace")  # type: ignore[union-attr]
-        if label == "action":
-            return classify(raw.decode("utf-8", "backslashreplace"), cfg.actions)  # type: ignore[union-attr]
-        if label == "family":
-            return FAMILY_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
-        if label == "proto":
-            return PROTO_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
-        if label == "hook":
-            return HOOK_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
-        return str(raw)
+    def context(self, cfg: Config) -> labels.LabelContext:
+        actions = cfg.actions
+        return labels.LabelContext(ifname=self._ifnames.name,
+                                   action=lambda prefix: classify(prefix, actions))
 
-    def _labels(self, cfg: Config, group: GroupConfig, fields: tuple[str, ...], key: tuple) -> str:
-        pairs = [(name, self._value(cfg, name, key[fields.index(FIELD_OF_LABEL[name])]))
-                 for name in cfg.labels]
-        return label_string(pairs + sorted(group.labels))
+    def renderer(self, cfg: Config, snap: WorkerSnapshot) -> labels.KeyRenderer:
+        """The function that turns one key of this snapshot into its label string."""
+        return labels.KeyRenderer(cfg.labels, snap.spec.fields, self.context(cfg),
+                                  snap.group_config.labels)
 
-    def _overflow_labels(self, cfg: Config, group: GroupConfig) -> str:
-        pairs = [(name, str(group.group) if name == "group" else OVERFLOW) for name in cfg.labels]
-        return label_string(pairs + sorted(group.labels))
-
-    def render(self, cfg: Config, workers: Sequence[GroupWorker], tail: bytes = b"",
+    def render(self, cfg: Config, snapshots: Sequence[WorkerSnapshot], tail: bytes = b"",
                families: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] = FAMILIES) -> bytes:
         """The record counters as exposition text (heads from ``families``: the text format's or
         OpenMetrics'), then ``tail``, in one buffer written in C."""
         tag = (id(cfg), self._ifnames.generation)  # names, labels or config changed: rebuild
-        wanted = fields_for(cfg.labels)
+        wanted = cfg.key_spec
         parts = []
-        for w in workers:
-            counts, gcfg = w.aggregator.counts(), w.cfg  # keys, fields, overflow at one instant
-            if counts.fields != wanted:
+        for snap in snapshots:
+            if snap.spec != wanted:
                 continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
-            parts.append((counts, functools.partial(self._labels, cfg, gcfg, counts.fields),
-                          self._overflow_labels(cfg, gcfg)))
+            parts.append((snap.rows, self.renderer(cfg, snap),
+                          labels.overflow_label_string(cfg.labels, snap.group,
+                                                       snap.group_config.labels),
+                          snap.overflow))
         return self._renderer.render(parts, tag, families, tail)
 
 
@@ -138,7 +106,8 @@ class HealthCollector:
         workers = self._workers()
         stats: list[WorkerStats] = [w.stats() for w in workers]
 
-        def per_group(family: Metric, value: Callable[[WorkerStats], float | None]) -> Metric:
+        def per_group(family: CounterMetricFamily | GaugeMetricFamily,
+                      value: Callable[[WorkerStats], float | None]) -> Metric:
             for s in stats:
                 v = value(s)
                 if v is not None:
@@ -237,19 +206,19 @@ class Exposition:
         self._config = config
         self._ifnames = ifnames
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(health)  # type: ignore[arg-type]
+        self.registry.register(health)
         ProcessCollector(registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The body and content type for a scrape sending `accept`: OpenMetrics 1.0.0 when it
         asks for it (ending in # EOF), Prometheus text 0.0.4 otherwise."""
         self._ifnames.refresh()
-        cfg, workers = self._config(), self._workers()
+        cfg, snapshots = self._config(), [w.snapshot() for w in self._workers()]
         # The registry's families go into the counters' buffer: one copy of a large body, not two.
         if wants_openmetrics(accept):
-            return (self._counters.render(cfg, workers, generate_openmetrics(self.registry),
+            return (self._counters.render(cfg, snapshots, generate_openmetrics(self.registry),
                                           FAMILIES_OPENMETRICS), OPENMETRICS_CONTENT_TYPE)
-        return self._counters.render(cfg, workers, generate_latest(self.registry)), CONTENT_TYPE
+        return self._counters.render(cfg, snapshots, generate_latest(self.registry)), CONTENT_TYPE
 
 
 def openmetrics_counters(text: bytes) -> bytes:
