@@ -10,9 +10,10 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
+import socket
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import nflog
 from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
@@ -40,7 +41,13 @@ class ReloadError(Exception):
 
 class Daemon:
     def __init__(self, config: Config, config_path: str | None, web_config_path: str | None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, *,
+                 overrides: Callable[[Config], Config] = lambda c: c,
+                 sockets: Sequence[socket.socket] = ()) -> None:
+        # overrides: the command line's flags, applied again to every config a reload reads;
+        # sockets: listening sockets from systemd (the listen addresses are then not used).
+        self.overrides = overrides
+        self.sockets = tuple(sockets)
         self.config = config
         self.config_path = config_path
         self.web_config_path = web_config_path
@@ -85,8 +92,9 @@ class Daemon:
         return load_web_config(path) if path else None
 
     def _make_server(self, cfg: Config, web: WebConfig | None) -> MetricsServer:
-        return MetricsServer(cfg.listen_host, cfg.listen_port, metrics_path=cfg.metrics_path,
-                             render=self.exposition.render, web_config=web)
+        return MetricsServer(cfg.listen_addresses, sockets=self.sockets,
+                             metrics_path=cfg.metrics_path, render=self.exposition.render,
+                             web_config=web)
 
     def start(self) -> None:
         cfg = self.config
@@ -171,7 +179,7 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.config_path or "built-in defaults")
         try:
-            new = load_config(self.config_path) if self.config_path else self.config
+            new = self.overrides(load_config(self.config_path)) if self.config_path else self.config
             web = self._web_config(new)
             self._apply(new, web)
         except (ConfigError, WebConfigError, ReloadError) as e:
@@ -189,7 +197,7 @@ class Daemon:
         web config or the new address cannot listen, this raises and nothing has changed."""
         old = self.config
         assert self.server is not None
-        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port):
+        if new.listen_addresses != old.listen_addresses and not self.sockets:
             server = self._make_server(new, web)
             try:
                 server.start()  # the old one keeps serving until the new one listens

@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import bcrypt
 
@@ -235,9 +235,11 @@ class MetricsServer:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str | Sequence[tuple[str, int]],
+        port: int = 0,
         *,
+        sockets: Sequence[socket.socket] = (),
+        readiness: Callable[[], tuple[bool, str]] | None = None,
         metrics_path: str,
         render: Render,
         web_config: WebConfig | None = None,
@@ -255,7 +257,10 @@ class MetricsServer:
             raise ValueError(f"metrics_path must start with / and not be /: {metrics_path!r}")
         if max_connections < 1 or workers < 1:
             raise ValueError("max_connections and workers must be at least 1")
-        self._host, self._port = host, port
+        # (host, port) or the new package's contract, a list of addresses (packaging's bridge
+        # until nflogd/http/ replaces this module); pre-opened sockets replace the addresses.
+        self._addresses = [(host, port)] if isinstance(host, str) else list(host)
+        self._given = list(sockets)
         self._paths = (metrics_path, _landing_page(metrics_path))  # swapped whole, never torn
         self._render = render
         self.max_connections = max_connections
@@ -288,6 +293,7 @@ class MetricsServer:
         self._next_tls_check = 0.0
 
         self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._jobs: queue.Queue[tuple[_Conn, _Request] | None] = queue.Queue()
@@ -306,6 +312,11 @@ class MetricsServer:
             raise RuntimeError("server not started")
         host, port = self._listener.getsockname()[:2]
         return host, port
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every bound (host, port)."""
+        return [tuple(s.getsockname()[:2]) for s in self._listeners]  # type: ignore[misc]
 
     @property
     def tls_enabled(self) -> bool:
@@ -334,11 +345,20 @@ class MetricsServer:
         """Bind and serve in background threads. Raises OSError naming the address on failure."""
         if self._listener is not None:
             raise RuntimeError("server already started")
-        self._listener = _listen(self._host, self._port)
+        listeners = list(self._given)
+        try:
+            if not listeners:
+                for host, port in self._addresses:
+                    listeners.append(_listen(host, port))
+        except OSError:
+            for s in listeners:
+                s.close()
+            raise
+        self._listeners, self._listener = listeners, listeners[0]
         scheme = "https" if self._state.ssl_ctx else "http"
-        host, port = self.address
-        shown = f"[{host}]" if ":" in host else host
-        log.info("listening on %s://%s:%d%s", scheme, shown, port, self._paths[0])
+        for host, port in self.addresses:
+            shown = f"[{host}]" if ":" in host else host
+            log.info("listening on %s://%s:%d%s", scheme, shown, port, self._paths[0])
         self._threads = [threading.Thread(target=self._accept_loop, name="nflogd-http-accept",
                                           daemon=True),
                          threading.Thread(target=self._io_loop, name="nflogd-http-io", daemon=True)]
@@ -360,8 +380,8 @@ class MetricsServer:
         deadline = time.monotonic() + 0.5
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        if self._listener is not None:
-            self._listener.close()
+        for s in self._listeners:
+            s.close()
         for s in (self._wake_r, self._wake_w, self._acc_wake_r, self._acc_wake_w):
             s.close()
 
@@ -391,31 +411,34 @@ class MetricsServer:
     # --- acceptor ------------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
-        listener = self._listener
-        listener.setblocking(False)
         sel = selectors.DefaultSelector()
-        sel.register(listener, selectors.EVENT_READ)
+        for s in self._listeners:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
         sel.register(self._acc_wake_r, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
-                sel.select()
-                for _ in range(256):  # a bounded batch, then look at the stop flag again
-                    try:
-                        sock, addr = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as e:
-                        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                            log.warning("cannot accept connections: %s", e.strerror)
-                            self._stopping.wait(0.1)  # the backlog waits; no busy loop
-                            break
-                        # ECONNABORTED and friends: that client is gone; back to select()
-                        log.debug("accept failed: %s", e)
-                        break
-                    self._admit(sock, addr)
+                for key, _ in sel.select():
+                    if key.fileobj is not self._acc_wake_r:
+                        self._accept_batch(key.fileobj)  # type: ignore[arg-type]
         finally:
             sel.close()
+
+    def _accept_batch(self, listener: socket.socket) -> None:
+        for _ in range(256):  # a bounded batch, then look at the stop flag again
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept connections: %s", e.strerror)
+                    self._stopping.wait(0.1)  # the backlog waits; no busy loop
+                    break
+                # ECONNABORTED and friends: that client is gone; back to select()
+                log.debug("accept failed: %s", e)
+                break
+            self._admit(sock, addr)
 
     def _admit(self, sock: socket.socket, addr: tuple) -> None:
         with self._lock:

@@ -354,7 +354,7 @@ def test_systemd_runs_the_installed_unit(install_root: Path, booted) -> None:
         assert sd.show("ActiveState") == "inactive"
         assert sd.show("Result") == "success" and sd.show("ExecMainStatus") == "0"
         log = sd.inside("cat", "/run/nflogd.log").stdout
-        assert "INFO nflogd: stopped" in log, log
+        assert "level=info logger=nflogd msg=stopped" in log, log
 
         # The watchdog, for real: a stuck worker stops the pings, systemd kills and restarts nflogd.
         sd.inside("sh", "-c", "cat > /run/systemd/system/nflogd.service.d/stall.conf", input=(
