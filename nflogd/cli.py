@@ -60,7 +60,8 @@ class _DeprecatedLogLevel(argparse.Action):
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="nflogd", description="Count netfilter NFLOG records and serve them to Prometheus. "
+        prog="nflogd", allow_abbrev=False,  # as kingpin: --web.listen-addres is a typo
+        description="Count netfilter NFLOG records and serve them to Prometheus. "
         "Flags override the configuration file's keys.",
         epilog="Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.")
     p.add_argument("--config", metavar="FILE",
