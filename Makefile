@@ -41,7 +41,7 @@ $(STAMP_DEPS):
 
 venv build: $(STAMP_BUILD)
 $(STAMP_BUILD): $(STAMP_DEPS) $(SOURCES)
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,lint]'
 	touch $@
 
 run: build

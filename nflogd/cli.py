@@ -24,8 +24,8 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__, logformat
-from .config import (BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError, default_config,
-                     load_config, parse_listen)
+from .config import (BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError,
+                     check_metrics_path, default_config, load_config, parse_listen)
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -43,10 +43,10 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 def _telemetry_path(text: str) -> str:
-    if not text.startswith("/") or text == "/" or any(c in text for c in " ?#"):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must start with '/', not be '/' (the landing page) and hold no ' ', '?', '#'")
-    return text
+    try:
+        return check_metrics_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _DeprecatedLogLevel(argparse.Action):

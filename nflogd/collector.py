@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, Union, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -51,8 +51,8 @@ class RecordCounters:
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
-        self._cache: dict[tuple, str] = {}
-        self._cache_tag: tuple = ()
+        self._cache: dict[tuple[object, ...], str] = {}
+        self._cache_tag: tuple[object, ...] = ()
 
     def _value(self, cfg: Config, label: str, raw: object) -> str:
         if label in ("indev", "outdev", "physindev", "physoutdev"):
@@ -60,18 +60,19 @@ class RecordCounters:
         if raw is None:
             return ""
         if label == "prefix":
-            return raw.decode("utf-8", "backslashreplace")  # type: ignore[union-attr]
+            return cast(bytes, raw).decode("utf-8", "backslashreplace")
         if label == "action":
-            return classify(raw.decode("utf-8", "backslashreplace"), cfg.actions)  # type: ignore[union-attr]
+            return classify(cast(bytes, raw).decode("utf-8", "backslashreplace"), cfg.actions)
         if label == "family":
-            return FAMILY_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
+            return FAMILY_NAMES.get(cast(int, raw), str(raw))
         if label == "proto":
-            return PROTO_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
+            return PROTO_NAMES.get(cast(int, raw), str(raw))
         if label == "hook":
-            return HOOK_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
+            return HOOK_NAMES.get(cast(int, raw), str(raw))
         return str(raw)
 
-    def _labels(self, cfg: Config, group: GroupConfig, fields: tuple[str, ...], key: tuple) -> str:
+    def _labels(self, cfg: Config, group: GroupConfig, fields: tuple[str, ...],
+                key: tuple[object, ...]) -> str:
         pairs = [(name, self._value(cfg, name, key[fields.index(FIELD_OF_LABEL[name])]))
                  for name in cfg.labels]
         return label_string(pairs + sorted(group.labels))
@@ -147,7 +148,8 @@ class HealthCollector:
         workers = self._workers()
         stats: list[WorkerStats] = [w.stats() for w in workers]
 
-        def per_group(family: Metric, value: Callable[[WorkerStats], float | None]) -> Metric:
+        def per_group(family: Union[CounterMetricFamily, GaugeMetricFamily],
+                      value: Callable[[WorkerStats], float | None]) -> Metric:
             for s in stats:
                 v = value(s)
                 if v is not None:
@@ -237,7 +239,7 @@ class Exposition:
         self._config = config
         self._ifnames = ifnames
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(health)  # type: ignore[arg-type]
+        self.registry.register(health)
         ProcessCollector(registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:

@@ -32,6 +32,7 @@ __all__ = [
     "GroupConfig",
     "LABEL_NAMES",
     "LOG_LEVELS",
+    "check_metrics_path",
     "classify",
     "default_config",
     "format_listen",
@@ -208,6 +209,18 @@ def parse_listen(text: str) -> Tuple[str, int]:
     elif host and not (len(host) <= 253 and _HOSTNAME_RE.fullmatch(host)):
         raise ValueError(f"{host!r} is not a valid host name; {_LISTEN_USAGE}")
     return host, int(port)
+
+
+def check_metrics_path(text: str) -> str:
+    """``text`` if it can serve the metrics (config and --web.telemetry-path); else ValueError."""
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must start with '/'")
+    if text == "/":
+        raise ValueError("'/' is the landing page; use a path such as '/metrics'")
+    # A URL path never contains these, so such a path could never be scraped.
+    if re.search(r"[\s?#]|[\x00-\x1f\x7f]", text):
+        raise ValueError(f"{text!r} must not contain spaces, control characters, '?' or '#'")
+    return text
 
 
 def format_listen(host: str, port: int) -> str:
@@ -458,16 +471,10 @@ class _Reader:
 
     def metrics_path(self, node: Node) -> str:
         text = self.string(node, "metrics_path")
-        if not text.startswith("/"):
-            raise self.error(node, f"metrics_path: {text!r} must start with '/'")
-        if text == "/":
-            raise self.error(node, "metrics_path: '/' is the landing page; "
-                                   "use a path such as '/metrics'")
-        # A URL path never contains these, so such a path could never be scraped.
-        if re.search(r"[\s?#]|[\x00-\x1f\x7f]", text):
-            raise self.error(node, f"metrics_path: {text!r} must not contain spaces, "
-                                   "control characters, '?' or '#'")
-        return text
+        try:
+            return check_metrics_path(text)
+        except ValueError as e:
+            raise self.error(node, f"metrics_path: {e}") from None
 
     def log_level(self, node: Node) -> str:
         text = self.string(node, "log_level")

@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import bcrypt
 
@@ -185,13 +185,13 @@ class _State:
     cache: _AuthCache
     limiter: _TokenBucket | None
     headers: tuple[tuple[str, str], ...]
-    tls_sig: tuple  # stat() of the TLS files the context was built from
+    tls_sig: tuple[Any, ...]  # stat() of the TLS files the context was built from
 
 
-def _file_sig(config: WebConfig | None) -> tuple:
+def _file_sig(config: WebConfig | None) -> tuple[Any, ...]:
     if config is None or config.tls is None:
         return ()
-    sig: list[tuple] = []
+    sig: list[tuple[Any, ...]] = []
     for path in config.tls.files:
         try:
             st = os.stat(path)
@@ -289,7 +289,7 @@ class MetricsServer:
         self._tls_reload_failures = 0
         self._last_tls_ok = True
         self._last_tls_time = time.time() if self._state.ssl_ctx else 0.0
-        self._failed_sig: tuple | None = None
+        self._failed_sig: tuple[Any, ...] | None = None
         self._next_tls_check = 0.0
 
         self._listener: socket.socket | None = None
@@ -297,7 +297,7 @@ class MetricsServer:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._jobs: queue.Queue[tuple[_Conn, _Request] | None] = queue.Queue()
-        self._inbox: collections.deque[tuple] = collections.deque()  # to the I/O thread
+        self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()  # to the I/O thread
         self._wake_r, self._wake_w = socket.socketpair()
         self._acc_wake_r, self._acc_wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w, self._acc_wake_r, self._acc_wake_w):
@@ -316,7 +316,7 @@ class MetricsServer:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """Every bound (host, port)."""
-        return [tuple(s.getsockname()[:2]) for s in self._listeners]  # type: ignore[misc]
+        return [tuple(s.getsockname()[:2]) for s in self._listeners]
 
     @property
     def tls_enabled(self) -> bool:
@@ -440,7 +440,7 @@ class MetricsServer:
                 break
             self._admit(sock, addr)
 
-    def _admit(self, sock: socket.socket, addr: tuple) -> None:
+    def _admit(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
         with self._lock:
             self._accepted += 1
             if self._serving < self.max_connections:
@@ -929,7 +929,7 @@ def _listen(host: str, port: int) -> socket.socket:
     """A listening socket. "" is every address: dual-stack IPv6 when available, else IPv4."""
     name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     shown = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-    candidates: list[tuple[int, tuple]] = []
+    candidates: list[tuple[int, tuple[Any, ...]]] = []
     if name in ("", "::"):
         candidates.append((socket.AF_INET6, ("::", port)))
         if name == "":
@@ -1052,7 +1052,7 @@ def _accepts_gzip(value: str | None) -> bool:
     return False
 
 
-def _sans_match(cert: dict, allowed: tuple[str, ...]) -> bool:
+def _sans_match(cert: dict[str, Any], allowed: tuple[str, ...]) -> bool:
     """exporter-toolkit's client_allowed_sans: any DNS, e-mail, IP or URI SAN listed exactly."""
     for kind, value in cert.get("subjectAltName", ()):
         if kind == "IP Address":

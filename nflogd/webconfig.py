@@ -161,7 +161,7 @@ class _Doc:
             return ""
         if not isinstance(node, yaml.ScalarNode):
             raise self.err(node, f"{name} must be a string")
-        return node.value
+        return str(node.value)
 
     def boolean(self, node: yaml.Node, name: str) -> bool:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":

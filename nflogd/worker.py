@@ -138,7 +138,7 @@ class GroupWorker(threading.Thread):
             h, t = self._handle, self._totals
             live = h is not None and not h.closed
             rcvbuf = 0
-            if live:
+            if live and h is not None:
                 try:
                     rcvbuf = h.rcvbuf
                 except nflog.NflogError:

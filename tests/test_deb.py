@@ -1,16 +1,18 @@
-"""The Debian package as a user meets it (issue 13): `make deb` builds nflogd_<version>_<arch>.deb
-(lintian: no errors), `apt-get install ./nflogd_*.deb` installs it under a real systemd (252, PID 1),
-which runs it on Debian's own python3 libraries; it is scraped, reconfigured with basic auth (Debian's
-bcrypt 3.2), upgraded keeping the edited conffile, and purged, leaving nothing behind.
+"""The Debian package as a user meets it (issue 13): `make deb` builds
+nflogd_<version>_<arch>.deb (lintian: no errors), `apt-get install ./nflogd_*.deb` installs it under
+a real systemd (252, PID 1), which runs it on Debian's own python3 libraries; it is scraped,
+reconfigured with basic auth (Debian's bcrypt 3.2), upgraded keeping the edited conffile, and
+purged, leaving nothing behind.
 
-Where: the namespace-booted systemd of test_systemd_boot.py (same safety: PID 1 of new pid/mount/UTS
-namespaces in a test network namespace, tmpfs /tmp, /run, /var/tmp, host units hidden and masked,
-its own cgroup, always SIGKILLed). Its boot script here also puts overlays over /usr, /var and /etc
-whose writes land in a tmpfs, so dpkg's database, the installed files and the maintainer scripts'
-work never reach the host, and what the package leaves behind is exactly what is in the overlays'
-upper directories. Debian's dependencies come from the host (make test-deb installs them), so apt
-needs no network (the test namespace has none). This container's policy-rc.d (exit 101: never start services, a Docker habit)
-is removed inside the overlay: on a real Debian host there is none, and the postinst starts nflogd.
+Where: the namespace-booted systemd of test_systemd_boot.py (same safety: PID 1 of new
+pid/mount/UTS namespaces in a test network namespace, tmpfs /tmp, /run, /var/tmp, host units hidden
+and masked, its own cgroup, always SIGKILLed). Its boot script here also puts overlays over /usr,
+/var and /etc whose writes land in a tmpfs, so dpkg's database, the installed files and the
+maintainer scripts' work never reach the host, and what the package leaves behind is exactly what
+is in the overlays' upper directories. Debian's dependencies come from the host (make test-deb
+installs them), so apt needs no network (the test namespace has none). This container's
+policy-rc.d (exit 101: never start services, a Docker habit) is removed inside the overlay: on a
+real Debian host there is none, and the postinst starts nflogd.
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ mkdir -m 0755 /run/ovl
 mount -t tmpfs nflogd-ovl /run/ovl
 for d in usr var etc; do
     mkdir -p -m 0755 "/run/ovl/$d/upper" "/run/ovl/$d/work"
-    mount -t overlay overlay -o "lowerdir=/$d,upperdir=/run/ovl/$d/upper,workdir=/run/ovl/$d/work" "/$d"
-    [ "$(stat -f -c %T "/$d")" = overlayfs ] || { echo "boot.sh: /$d is not an overlay, refusing" >&2; exit 1; }
+    mount -t overlay overlay \
+        -o "lowerdir=/$d,upperdir=/run/ovl/$d/upper,workdir=/run/ovl/$d/work" "/$d"
+    [ "$(stat -f -c %T "/$d")" = overlayfs ] ||
+        { echo "boot.sh: /$d is not an overlay, refusing" >&2; exit 1; }
 done
 mount -t tmpfs -o mode=1777 nflogd-tmp /tmp
 mount -t tmpfs -o mode=1777 nflogd-vartmp /var/tmp
 for d in /tmp /var/tmp /run; do
-    [ "$(stat -f -c %T "$d")" = tmpfs ] || { echo "boot.sh: $d is not a tmpfs, refusing" >&2; exit 1; }
+    [ "$(stat -f -c %T "$d")" = tmpfs ] ||
+        { echo "boot.sh: $d is not a tmpfs, refusing" >&2; exit 1; }
 done
 # None of the host's units or enablement symlinks: what the package enables lands here.
 mount -t tmpfs -o mode=0755 nflogd-units /etc/systemd/system
@@ -62,7 +67,8 @@ done
 u=/run/systemd/system
 mkdir -p "$u/nflogd.service.d"
 printf '[Unit]\nDescription=nflogd test boot\nDefaultDependencies=no\n' > "$u/nflogd-test.target"
-printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/nflogd.log\nStandardError=inherit\n' \
+printf '[Unit]\nDefaultDependencies=no\n[Service]\n%s\n%s\n' \
+    StandardOutput=append:/run/nflogd.log StandardError=inherit \
     > "$u/nflogd.service.d/test.conf"
 for m in $(cat "$root/masked"); do ln -s /dev/null "$u/$m"; done
 export container=nflogd-test
@@ -105,7 +111,8 @@ def make_deb(out: Path) -> Path:
                           check=True).stdout.strip()
     proc = subprocess.run(["make", "-C", str(REPO), "deb", f"DEB_OUT={out}"], capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0, f"make deb: {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, \
+        f"make deb: {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     assert "lintian --fail-on error" in proc.stdout  # and it passed, or make would have failed
     deb = out / f"nflogd_{deb_version()}_{arch}.deb"
     assert deb.is_file(), sorted(p.name for p in out.iterdir())
@@ -116,8 +123,8 @@ def upgrade_deb(work: Path, version: str) -> Path:
     """The same tree with a newer changelog entry, built the way `make deb` builds it."""
     src = work / "src-upgrade"
     src.mkdir()
-    subprocess.run(f"tar -c --exclude-vcs --exclude-vcs-ignores --exclude=./build --exclude=./.venv "
-                   f". | tar -x -C {src}", shell=True, cwd=REPO, check=True)
+    subprocess.run(f"tar -c --exclude-vcs --exclude-vcs-ignores --exclude=./build "
+                   f"--exclude=./.venv . | tar -x -C {src}", shell=True, cwd=REPO, check=True)
     changelog = src / "debian" / "changelog"
     changelog.write_text(
         f"nflogd ({version}) unstable; urgency=medium\n\n  * Upgrade test build.\n\n"

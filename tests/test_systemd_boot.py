@@ -90,7 +90,8 @@ done
 u=/run/systemd/system
 mkdir -p "$u/nflogd.service.d"
 printf '[Unit]\nDescription=nflogd test boot\nDefaultDependencies=no\n' > "$u/nflogd-test.target"
-printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/nflogd.log\nStandardError=inherit\n' \
+printf '[Unit]\nDefaultDependencies=no\n[Service]\n%s\n%s\n' \
+    StandardOutput=append:/run/nflogd.log StandardError=inherit \
     > "$u/nflogd.service.d/test.conf"
 for m in $(cat "$root/masked"); do ln -s /dev/null "$u/$m"; done
 export container=nflogd-test
@@ -249,7 +250,8 @@ def install(root: Path) -> None:
         mkdir "$root/scratch" "$root/stage"
         mount -t tmpfs nflogd-etc "$root/scratch"
         mkdir -m 0755 "$root/scratch/upper" "$root/scratch/work"
-        mount -t overlay overlay -o "lowerdir=/etc,upperdir=$root/scratch/upper,workdir=$root/scratch/work" /etc
+        mount -t overlay overlay \
+            -o "lowerdir=/etc,upperdir=$root/scratch/upper,workdir=$root/scratch/work" /etc
         sh "$repo/systemd/install.sh" "$root/prefix"
         cp /etc/systemd/system/nflogd.service /etc/nflogd/nflogd.yaml "$root/stage/"
         """)
