@@ -83,8 +83,9 @@ class GroupWorker(threading.Thread):
         self.cfg = cfg
         self._budget = budget
         self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget)
-        self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
-        self._handle: nflog.Nflog | None = None
+        self._lock = threading.Lock()      # guards _nflog, _totals, _error, cfg swaps
+        # Not "_handle": threading.Thread uses that name itself since CPython 3.13.
+        self._nflog: nflog.Nflog | None = None
         self._totals = _Totals()
         self._last_message_time: float | None = None  # of retired handles
         self._stop_event = threading.Event()
@@ -100,14 +101,14 @@ class GroupWorker(threading.Thread):
     def bind(self) -> None:
         """Bind the group now (raises nflog.NflogError/ValueError); start() then reads it."""
         with self._lock:
-            self._handle = self._open()
+            self._nflog = self._open()
 
     def reconfigure(self, cfg: GroupConfig) -> None:
         """Apply new group settings to the bound socket in place: the group stays bound, so
         nothing the kernel is batching is lost, and the counters keep counting."""
         with self._lock:
             old, self.cfg = self.cfg, cfg
-            h = self._handle
+            h = self._nflog
             if h is None or h.closed:
                 return  # the next bind uses the new settings
             try:
@@ -130,12 +131,12 @@ class GroupWorker(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         with self._lock:
-            if self._handle is not None:
-                self._handle.close()
+            if self._nflog is not None:
+                self._nflog.close()
 
     def stats(self) -> WorkerStats:
         with self._lock:
-            h, t = self._handle, self._totals
+            h, t = self._nflog, self._totals
             live = h is not None and not h.closed
             rcvbuf = 0
             if live and h is not None:
@@ -165,12 +166,12 @@ class GroupWorker(threading.Thread):
 
     def _retire_handle(self) -> None:
         with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._totals.absorb(self._handle)
-                self._last_message_time = (self._handle.last_message_time
+            if self._nflog is not None:
+                self._nflog.close()
+                self._totals.absorb(self._nflog)
+                self._last_message_time = (self._nflog.last_message_time
                                            or self._last_message_time)
-                self._handle = None
+                self._nflog = None
 
     def _swap_aggregator(self) -> None:
         """Called by the worker thread only, between two aggregate() calls, so no record is
@@ -186,13 +187,13 @@ class GroupWorker(threading.Thread):
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
             self._swap_aggregator()
-            h = self._handle
+            h = self._nflog
             if h is None or h.closed:
                 if h is not None:
                     self._retire_handle()
                 try:
                     with self._lock:
-                        self._handle = h = self._open()
+                        self._nflog = h = self._open()
                     backoff = BACKOFF_FIRST
                     log.info("group %d: bound", self.cfg.group)
                 except (nflog.NflogError, ValueError) as e:

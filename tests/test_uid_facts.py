@@ -37,36 +37,40 @@ c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.bind(("0.0.0.0", 7004))
 c.sendto(b"z", (sys.argv[1], 7003))
 time.sleep(0.3)
 """
-RULES = """
+RULES = r"""
     table inet t {
         chain input {
             type filter hook input priority 0;
-            tcp dport 7001 tcp flags syn counter log prefix "syn" group 2
-            tcp dport 7001 tcp flags & syn == 0 meta length > 60 counter log prefix "data" group 2
-            udp dport 7002 counter log prefix "udp-unconnected" group 2
-            udp dport 7003 counter log prefix "udp-connected" group 2
+            tcp dport 7001 tcp flags syn counter log prefix "syn" group 2 comment "syn"
+            tcp dport 7001 tcp flags & syn == 0 meta length > 60 counter log prefix "data" group 2 \
+                comment "data"
+            udp dport 7002 counter log prefix "udp-unconnected" group 2 \
+                comment "udp-unconnected"
+            udp dport 7003 counter log prefix "udp-connected" group 2 comment "udp-connected"
         }
         chain output {
             type filter hook output priority 0;
-            tcp dport 7001 tcp flags syn counter log prefix "out-syn" group 2
+            tcp dport 7001 tcp flags syn counter log prefix "out-syn" group 2 comment "out-syn"
         }
     }
 """
 
 
-def records(h: nflog.Nflog, want: int, timeout: float = 5) -> dict[str, set[int | None]]:
-    """{prefix: the uids seen} once ``want`` records arrived (or the deadline passed)."""
-    seen: dict[str, set[int | None]] = {}
+def records(ns: Netns, h: nflog.Nflog, timeout: float = 10) -> dict[str, list[int | None]]:
+    """{prefix: the uid of each record}, once as many records arrived as the rules counted."""
+    seen: dict[str, list[int | None]] = {}
     n = 0
     deadline = time.monotonic() + timeout
-    while n < want and time.monotonic() < deadline:
+    while True:
+        want = sum(packets for packets, _ in ns.counters().values())
+        if n >= want or time.monotonic() > deadline:
+            return seen
         rec = h.next(wait=False)
         if rec is None:
             select.select([h], [], [], 0.2)
             continue
-        seen.setdefault(rec.prefix or "", set()).add(rec.uid)
+        seen.setdefault(rec.prefix or "", []).append(rec.uid)
         n += 1
-    return seen
 
 
 def run_pair(server_ns: Netns, client_ns: Netns, server_ip: str, client_ip: str, uid: int) -> None:
@@ -87,9 +91,9 @@ def test_uid_on_input_only_for_sockets_early_demux_found() -> None:
         b.nft(RULES)
         with open_in(b, 2) as h:
             run_pair(b, a, "10.9.0.2", "10.9.0.1", uid)
-            seen = records(h, 4)
-        assert seen == {"syn": {None}, "data": {uid}, "udp-unconnected": {None},
-                        "udp-connected": {uid}}, seen
+            seen = records(b, h)
+        assert {k: set(v) for k, v in seen.items()} == {
+            "syn": {None}, "data": {uid}, "udp-unconnected": {None}, "udp-connected": {uid}}, seen
 
 
 def test_no_uid_on_input_over_loopback() -> None:
@@ -98,6 +102,7 @@ def test_no_uid_on_input_over_loopback() -> None:
         ns.nft(RULES)
         with open_in(ns, 2) as h:
             run_pair(ns, ns, "127.0.0.1", "127.0.0.1", uid)
-            seen = records(h, 5)
-        assert seen == {"out-syn": {uid + 1}, "syn": {None}, "data": {None},
-                        "udp-unconnected": {None}, "udp-connected": {None}}, seen
+            seen = records(ns, h)
+        assert {k: set(v) for k, v in seen.items()} == {
+            "out-syn": {uid + 1}, "syn": {None}, "data": {None}, "udp-unconnected": {None},
+            "udp-connected": {None}}, seen
