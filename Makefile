@@ -8,16 +8,14 @@ APT_BUILD := build-essential pkg-config python3-dev python3-venv libnetfilter-lo
 APT_TEST  := nftables iptables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd valgrind
 # The Debian package: its build (`make deb`), lintian, and the Debian libraries it runs on (its test
 # installs it; with these present apt needs no download for that).
-APT_DEB   := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools lintian \
+APT_DEB   := debhelper dh-python help2man pybuild-plugin-pyproject python3-all-dev python3-setuptools lintian \
              python3-prometheus-client python3-yaml python3-sdnotify python3-bcrypt python3-h11 libnetfilter-log1
 STAMP_DEPS := $(VENV)/.deps-installed
+STAMP_DEB_DEPS := build/.deb-deps-installed
 STAMP_BUILD := $(VENV)/.built
 SOURCES := $(wildcard csrc/*.c csrc/*.h) setup.py pyproject.toml
 
-DEB_VERSION := $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null)
-DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null)
 DEB_OUT     ?= .
-DEB         := $(DEB_OUT)/nflogd_$(DEB_VERSION)_$(DEB_ARCH).deb
 # The tests `make test` runs: all but the package's own (make test-deb) and the other Pythons'.
 TEST_IGNORE := --ignore=tests/test_deb.py
 
@@ -25,16 +23,21 @@ TEST_IGNORE := --ignore=tests/test_deb.py
 
 all: build
 
-deps: $(STAMP_DEPS)
-$(STAMP_DEPS):
-	@missing=$$(for p in $(APT_BUILD) $(APT_TEST) $(APT_DEB); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+# apt-get install of those of $(1) not installed yet.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
 	  if echo "$$missing" | grep -qw prometheus && [ -d /run/systemd/system ]; then \
 	    systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	  fi; \
 	fi
+endef
+
+deps: $(STAMP_DEPS)
+$(STAMP_DEPS):
+	$(call apt_install,$(APT_BUILD) $(APT_TEST))
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	touch $@
@@ -56,7 +59,7 @@ lint: build
 	$(VENV)/bin/mypy
 
 # Builds the .deb, installs it into a namespace-booted systemd, runs, scrapes, upgrades, purges it.
-test-deb: build
+test-deb: build $(STAMP_DEB_DEPS)
 	$(VENV)/bin/python -m pytest tests/test_deb.py $(PYTEST_ARGS)
 
 # The extension built and the tests that need no systemd run under each pyenv CPython 3.9-3.13.
@@ -65,16 +68,21 @@ test-pythons: build
 
 # nflogd_<version>_<arch>.deb with Debian's tooling (debhelper, dh-python/pybuild), from a copy of
 # the working tree (build/deb/src), then checked by lintian: no errors.
-deb: $(STAMP_DEPS)
+$(STAMP_DEB_DEPS):
+	$(call apt_install,$(APT_BUILD) $(APT_DEB))
+	mkdir -p build && touch $@
+
+deb: $(STAMP_DEB_DEPS)
 	rm -rf build/deb && mkdir -p build/deb/src
 	tar -c --exclude-vcs --exclude-vcs-ignores --exclude=./build --exclude=./$(VENV) \
 	    --exclude=./debian/nflogd.service . | tar -x -C build/deb/src
 	# Debian's own tools and interpreter only (not a pyenv or venv python earlier in PATH).
-	cd build/deb/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc --no-sign
+	cd build/deb/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin DEB_BUILD_OPTIONS=noautodbgsym \
+	    dpkg-buildpackage -b -us -uc --no-sign
 	mkdir -p $(DEB_OUT)
-	cp build/deb/nflogd_$(DEB_VERSION)_$(DEB_ARCH).deb $(DEB)
-	lintian --fail-on error $(DEB)
-	@echo "built $(DEB)"
+	cp build/deb/nflogd_*.deb $(DEB_OUT)/
+	lintian --fail-on error $(DEB_OUT)/$$(cd build/deb && echo nflogd_*.deb)
+	@echo "built $(DEB_OUT)/$$(cd build/deb && echo nflogd_*.deb)"
 
 install: build
 	./systemd/install.sh $(PREFIX)
