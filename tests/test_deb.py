@@ -17,6 +17,7 @@ real Debian host there is none, and the postinst starts nflogd.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -66,11 +67,12 @@ for h in systemd unified; do
 done
 u=/run/systemd/system
 mkdir -p "$u/nflogd.service.d"
-printf '[Unit]\nDescription=nflogd test boot\nDefaultDependencies=no\n' > "$u/nflogd-test.target"
-printf '[Unit]\nDefaultDependencies=no\n[Service]\n%s\n%s\n' \
-    StandardOutput=append:/run/nflogd.log StandardError=inherit \
-    > "$u/nflogd.service.d/test.conf"
-for m in $(cat "$root/masked"); do ln -s /dev/null "$u/$m"; done
+# Here journald runs (its journal in /run, a tmpfs): nflogd logs to it as on a real host.
+printf '[Unit]\nDescription=nflogd test boot\nDefaultDependencies=no\n%s\n' \
+    'Wants=systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.service' \
+    > "$u/nflogd-test.target"
+printf '[Unit]\nDefaultDependencies=no\n' > "$u/nflogd.service.d/test.conf"
+for m in $(grep -v '^systemd-journald' "$root/masked"); do ln -s /dev/null "$u/$m"; done
 export container=nflogd-test
 exec {systemd} --system --unit=nflogd-test.target --log-target=console --log-level=info
 """.replace("{systemd}", SYSTEMD)
@@ -158,9 +160,19 @@ def wait_active(sd: Booted, other_than: str = "", timeout: float = 30) -> str:
     while sd.show("ActiveState") != "active" or sd.show("MainPID") in ("0", other_than):
         assert time.monotonic() < deadline, \
             f"nflogd.service: {sd.show('ActiveState')}/{sd.show('SubState')}\n" \
-            + sd.inside("cat", "/run/nflogd.log", check=False).stdout[-3000:]
+            + journal(sd)[-3000:]
         time.sleep(0.1)
     return sd.show("MainPID")
+
+
+def journal(sd: Booted) -> str:
+    return sd.inside("journalctl", "--no-pager", "-o", "cat", "-u", "nflogd.service",
+                     check=False).stdout
+
+
+def journal_entries(sd: Booted) -> list[dict[str, str]]:
+    out = sd.inside("journalctl", "--no-pager", "-o", "json", "-u", "nflogd.service").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def leftovers(sd: Booted) -> list[str]:
@@ -219,6 +231,14 @@ def test_deb_build_install_run_upgrade_purge(workdir: Path) -> None:
             exe = sd.inside("readlink", f"/proc/{pid}/exe").stdout.strip()
             assert exe.startswith("/usr/bin/python3"), exe
 
+            # Its log in the journal: one entry per event, no second timestamp, the priority set.
+            entries = [e for e in journal_entries(sd) if e.get("_PID") == pid]
+            started = [e for e in entries if "msg=\"nflogd started" in e["MESSAGE"]]
+            assert len(started) == 1, entries
+            assert started[0]["MESSAGE"].startswith("level=info logger=nflogd msg=")
+            assert started[0]["PRIORITY"] == "6"
+            assert not [e for e in entries if "ts=" in e["MESSAGE"] or "\n" in e["MESSAGE"]]
+
             status, body = get(ns)
             assert status == 200, body[:500]
             assert 'nflogd_group_bound{group="0"} 1.0' in body
@@ -240,7 +260,8 @@ def test_deb_build_install_run_upgrade_purge(workdir: Path) -> None:
                       "echo 'web_config_file: web.yml' >> /etc/nflogd/nflogd.yaml && "
                       "sed -i 's/^web_config_file: null$//' /etc/nflogd/nflogd.yaml")
             edited = sd.inside("cat", "/etc/nflogd/nflogd.yaml").stdout
-            sd.systemctl("reload", "nflogd")
+            reload = sd.systemctl("reload", "nflogd", check=False)
+            assert reload.returncode == 0, journal(sd)[-3000:]
             wait_active(sd)
             deadline = time.monotonic() + 10
             while get(ns)[0] != 401:
@@ -248,6 +269,19 @@ def test_deb_build_install_run_upgrade_purge(workdir: Path) -> None:
                 time.sleep(0.1)
             assert get(ns, auth="prom:wrong")[0] == 401
             assert get(ns, auth="prom:s3cret")[0] == 200
+
+            # A bad file behind the daemon's back (SIGHUP, no check first): the refusal is one
+            # journal entry at priority err, naming the file and line.
+            sd.inside("sh", "-c", "cat > /etc/nflogd/nflogd.yaml", input=edited + "bogus: 1\n")
+            sd.systemctl("kill", "-s", "HUP", "nflogd")
+            deadline = time.monotonic() + 10
+            while not (refused := [e for e in journal_entries(sd) if e.get("PRIORITY") == "3"]):
+                assert time.monotonic() < deadline, journal(sd)[-2000:]
+                time.sleep(0.1)
+            assert len(refused) == 1 and refused[0]["MESSAGE"].startswith(
+                'level=error logger=nflogd msg="reload refused'), refused
+            assert "/etc/nflogd/nflogd.yaml:" in refused[0]["MESSAGE"], refused
+            sd.inside("sh", "-c", "cat > /etc/nflogd/nflogd.yaml", input=edited)
 
             # Upgrade: the edited conffile is kept (no prompt), the service restarted on the new
             # version and still asks for the password.
@@ -278,7 +312,7 @@ def test_deb_build_install_run_upgrade_purge(workdir: Path) -> None:
                 with socket.socket() as s:
                     s.settimeout(5)
                     assert s.connect_ex(("127.0.0.1", PORT)) != 0, "something still listens"
-            log = sd.inside("cat", "/run/nflogd.log").stdout
+            log = journal(sd)
             assert re.search(r"level=info logger=nflogd msg=stopped", log), log[-2000:]
             assert "Traceback" not in log, log
         finally:
