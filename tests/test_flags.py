@@ -284,6 +284,35 @@ def test_systemd_socket_activate_hands_over_the_socket(make_netns, tmp_path: Pat
     assert "msg=stopped" in (tmp_path / "err").read_text()
 
 
+def test_systemd_socket_of_the_wrong_kind_fails_with_exit_2(make_netns, tmp_path: Path) -> None:
+    """A ListenDatagram= socket is not an HTTP endpoint: refused, one line, exit 2."""
+    tool = require_tool("systemd-socket-activate")
+    ns = make_netns("sdgr")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("groups:\n  - group: 5\n")
+    # --datagram: the UDP socket is passed at once; nflogd is exec'd on the first datagram.
+    port = ns.free_port()
+    proc = ns.popen([tool, "--datagram", "-l", f"127.0.0.1:{port}", NFLOGD, "--config", str(cfg),
+                     "--web.systemd-socket"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            with ns.entered(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"x", ("127.0.0.1", port))
+            time.sleep(0.2)
+        assert proc.poll() is not None, "nflogd kept running on a datagram socket"
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 2, (proc.returncode, err)
+    # The tool says what it does on stderr too; nflogd's lines are the logfmt ones.
+    lines = [line for line in err.decode().splitlines() if line.startswith("ts=")]
+    assert len(lines) == 1 and "fd 3 is not a listening TCP socket" in lines[0], err
+    assert "level=error" in lines[0] and "Traceback" not in err.decode()
+
+
 def test_systemd_socket_without_sockets_fails_with_exit_2(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("groups:\n  - group: 5\n")
