@@ -213,7 +213,9 @@ def _make_state(config: WebConfig | None, previous: _State | None = None) -> _St
         if previous is not None and previous.dummy_hash[4:6] == b"%02d" % cost:
             dummy = previous.dummy_hash
         else:
-            dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
+            # Hex, not raw bytes: bcrypt 3.2 (Debian 12) refuses a password holding a NUL byte,
+            # which 16 random bytes hold one time in sixteen.
+            dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(cost))
     limiter = None
     rl = config.rate_limit if config else None
     if rl is not None:
