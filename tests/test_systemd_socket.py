@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 PORT = 10040  # nflogd.socket's ListenStream=, verbatim
 
 
-def get(ns: Netns, path: str = "/metrics", timeout: float = 20) -> bytes:
+def get(ns: Netns, path: str = "/metrics", timeout: float = 20, port: int = PORT) -> bytes:
     """One HTTP/1.1 GET from inside the namespace; the whole raw reply."""
     with ns.entered():
-        with socket.create_connection(("127.0.0.1", PORT), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             reply = b""
             while chunk := s.recv(65536):
@@ -50,7 +50,9 @@ def test_socket_unit_hands_its_port_to_nflogd(install_root: Path, booted) -> Non
         # As for the service (test_systemd_boot's drop-in): nothing of a real boot runs here.
         sd.inside("sh", "-c", "mkdir -p /run/systemd/system/nflogd.socket.d && cat > "
                   "/run/systemd/system/nflogd.socket.d/test.conf",
-                  input="[Unit]\nDefaultDependencies=no\n")
+                  input="[Unit]\nDefaultDependencies=no\n"
+                        # A second address, as the unit's comment says: one line each.
+                        "[Socket]\nListenStream=127.0.0.1:10042\n")
         exec_start = sd.show("ExecStart").split("argv[]=")[1].split(" ;")[0]
         assert exec_start.endswith("--config /etc/nflogd/nflogd.yaml"), exec_start
         # The drop-in nflogd.socket's comment tells the user to write.
@@ -64,13 +66,16 @@ def test_socket_unit_hands_its_port_to_nflogd(install_root: Path, booted) -> Non
 
         # The first connection starts nflogd (Type=notify: the request waits in the backlog).
         reply = get(ns)
-        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert reply.startswith(b"HTTP/1.1 200"), \
+            (reply[:300], sd.inside("cat", "/run/nflogd.log", check=False).stdout)
         assert b'nflogd_group_bound{group="0"} 1.0' in reply
         pid = wait_active(sd)
         fds = sd.inside("ls", "-l", f"/proc/{pid}/fd").stdout
-        assert " 3 -> socket:" in fds, fds
+        assert " 3 -> socket:" in fds and " 4 -> socket:" in fds, fds
+        assert get(ns, port=10042).startswith(b"HTTP/1.1 200")
         log = sd.inside("cat", "/run/nflogd.log").stdout
         assert "listening on http://[::]:10040/metrics" in log, log
+        assert "listening on http://127.0.0.1:10042/metrics" in log, log
 
         # A reload with another listen address changes nothing: the socket is the address.
         conf = sd.inside("cat", "/etc/nflogd/nflogd.yaml").stdout
@@ -86,13 +91,16 @@ def test_socket_unit_hands_its_port_to_nflogd(install_root: Path, booted) -> Non
 
         # A restart: the socket stays bound by systemd, so no connection made meanwhile is
         # refused; they wait in its backlog for the new process. (One the old process accepted
-        # just as it stopped can be reset: its server closes open connections on stop.)
+        # just as it stopped can be closed unanswered or reset: its server closes open
+        # connections on stop rather than finishing them.)
         sd.systemctl("restart", "--no-block", "nflogd.service")
         served = reset = 0
         for _ in range(5):
             try:
                 reply = get(ns)
             except ConnectionResetError:
+                reply = b""
+            if not reply:
                 reset += 1
                 continue
             assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
