@@ -221,6 +221,10 @@ def test_deb_build_install_run_upgrade_purge(workdir: Path) -> None:
             assert sd.show("FragmentPath") == "/lib/systemd/system/nflogd.service"
             assert sd.show("ExecStart").split("argv[]=")[1].startswith(
                 "/usr/bin/nflogd --config /etc/nflogd/nflogd.yaml")
+            # The installed units as systemd-analyze sees them: no complaint at all.
+            verify = sd.inside("systemd-analyze", "verify", "/lib/systemd/system/nflogd.service",
+                               "/lib/systemd/system/nflogd.socket", check=False)
+            assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify
             # The socket unit is shipped but left alone.
             assert sd.systemctl("is-enabled", "nflogd.socket", check=False).stdout.strip() \
                 == "disabled"
