@@ -10,22 +10,34 @@ after a reload: the file is re-read, the flags applied again.
 Exit codes: 0 clean stop or valid config; 1 runtime failure (no group could be bound, cannot
 listen); 2 usage or configuration error (bad arguments, bad config or web config file, no socket
 from systemd with --web.systemd-socket).
+
+This module is the program's entry (the `nflogd` console script and `python -m nflogd` both start
+here), so importing it blocks SIGHUP in the calling thread before anything slow runs: a SIGHUP that
+arrives while Python imports and the config loads stays pending, and the daemon takes it as a
+reload once it runs (daemon.take_signals) instead of dying by SIGHUP's default action.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import dataclasses
-import logging
-import os
-import socket
-import sys
-from typing import Callable, Sequence
+# First, before the imports below (tens of milliseconds): only the interpreter's own start-up,
+# which runs no code of ours, is left unprotected.
+import signal
 
-from . import __version__, logformat
-from .config import (BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError,
-                     check_metrics_path, default_config, load_config, parse_listen)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
+
+from . import __version__, logformat  # noqa: E402
+from .config import (  # noqa: E402
+    BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError, check_metrics_path, default_config,
+    load_config, parse_listen)
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -168,11 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ActivationError as e:
             logging.getLogger("nflogd").error("--web.systemd-socket: %s", e)
             return EXIT_CONFIG
-    from .daemon import Daemon, StartupError
+    from .daemon import Daemon, StartupError, block_signals
 
     release_large_buffers()
+    block_signals()  # before any thread starts: every thread inherits the mask
     daemon = Daemon(config, path, None, overrides=overrides, sockets=sockets)
-    daemon.install_signal_handlers()
     try:
         daemon.start()
     except StartupError as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import bcrypt
 
-from nflogd.httpserver import MetricsServer
+from nflogd.http import MetricsServer
 from nflogd.webconfig import load_web_config
 
 
