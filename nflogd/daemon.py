@@ -116,7 +116,8 @@ class Daemon:
         return load_web_config(path) if path else None
 
     def _make_server(self, cfg: Config, web: WebConfig | None) -> MetricsServer:
-        return MetricsServer(cfg.listen_addresses, sockets=self.sockets,
+        # With systemd's sockets those are the endpoint; the config's addresses are not bound.
+        return MetricsServer(() if self.sockets else cfg.listen_addresses, sockets=self.sockets,
                              metrics_path=cfg.metrics_path, render=self.exposition.render,
                              web_config=web, readiness=self.readiness)
 

@@ -274,6 +274,9 @@ def test_systemd_socket_activate_hands_over_the_socket(make_netns, tmp_path: Pat
             time.sleep(0.1)
         assert body.startswith(b"HTTP/1.1 200"), (body[:300], (tmp_path / "err").read_text())
         assert b'nflogd_group_bound{group="5"} 1.0' in body
+        with ns.entered(), socket.socket() as s:
+            s.settimeout(5)
+            assert s.connect_ex(("127.0.0.1", 1)) != 0, "the config's listen address got bound"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, (tmp_path / "err").read_text()
     finally:

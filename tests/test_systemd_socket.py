@@ -65,7 +65,11 @@ def test_socket_unit_hands_its_port_to_nflogd(install_root: Path, booted) -> Non
         assert sd.show("ActiveState") == "inactive"  # nothing started it yet
 
         # The first connection starts nflogd (Type=notify: the request waits in the backlog).
-        reply = get(ns)
+        try:
+            reply = get(ns)
+        except OSError as e:
+            raise AssertionError(f"{e}: {sd.inside('cat', '/run/nflogd.log', check=False).stdout}"
+                                 f"{sd.systemctl('status', 'nflogd', check=False).stdout}") from e
         assert reply.startswith(b"HTTP/1.1 200"), \
             (reply[:300], sd.inside("cat", "/run/nflogd.log", check=False).stdout)
         assert b'nflogd_group_bound{group="0"} 1.0' in reply
