@@ -11,18 +11,20 @@ from __future__ import annotations
 import platform
 import re
 import time
-from typing import Callable, Iterable, Iterator, Sequence, Union, cast
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import generate_latest as _openmetrics_untyped
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as _openmetrics_untyped,
+)
 
-from . import __version__
-from .config import Config, GroupConfig, classify
+from . import __version__, labels
+from .config import Config, classify
 from .http.stats import ServerStats
 from .ifnames import InterfaceNames
-from .nflog import FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES
-from .worker import GroupWorker, WorkerStats
+from .nflog import LIBNETFILTER_LOG_VERSION
+from .worker import GroupWorker, WorkerSnapshot, WorkerStats
 
 # prometheus-client leaves this one unannotated (0.26); typed here once, so strict mypy passes.
 generate_openmetrics: Callable[[CollectorRegistry], bytes] = _openmetrics_untyped
@@ -32,99 +34,68 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # OpenMetrics names a counter family without the _total its samples carry.
 _OM_COUNTER_META = re.compile(rb"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
-OVERFLOW = "__overflow__"
-
-# The aggregation field behind each label (action is derived from the prefix).
-FIELD_OF_LABEL = {
-    "group": "group", "prefix": "prefix", "action": "prefix", "indev": "indev", "outdev": "outdev",
-    "physindev": "physindev", "physoutdev": "physoutdev", "uid": "uid", "gid": "gid",
-    "family": "family", "proto": "proto", "hook": "hook", "mark": "mark",
-}
-
-
-def fields_for(labels: Sequence[str]) -> tuple[str, ...]:
-    """The aggregation fields the labels need, in label order, each once."""
-    return tuple(dict.fromkeys(FIELD_OF_LABEL[name] for name in labels))
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def label_string(pairs: Iterable[tuple[str, str]]) -> str:
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}"
+OVERFLOW = labels.OVERFLOW
 
 
 class RecordCounters:
-    """Renders the record counters of all workers, merging rows that map to the same labels."""
+    """Renders the record counters of worker snapshots, merging rows that map to the same labels.
+
+    Label strings come from labels.KeyRenderer, cached per (group, key) until the config or the
+    interface names change."""
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
-        self._cache: dict[tuple[object, ...], str] = {}
-        self._cache_tag: tuple[object, ...] = ()
+        self._cache: dict[tuple[int, tuple[object, ...]], str] = {}
+        self._cache_tag: tuple[int, int] = (0, -1)
 
-    def _value(self, cfg: Config, label: str, raw: object) -> str:
-        if label in ("indev", "outdev", "physindev", "physoutdev"):
-            return self._ifnames.name(raw)  # type: ignore[arg-type]
-        if raw is None:
-            return ""
-        if label == "prefix":
-            return cast(bytes, raw).decode("utf-8", "backslashreplace")
-        if label == "action":
-            return classify(cast(bytes, raw).decode("utf-8", "backslashreplace"), cfg.actions)
-        if label == "family":
-            return FAMILY_NAMES.get(cast(int, raw), str(raw))
-        if label == "proto":
-            return PROTO_NAMES.get(cast(int, raw), str(raw))
-        if label == "hook":
-            return HOOK_NAMES.get(cast(int, raw), str(raw))
-        return str(raw)
+    def context(self, cfg: Config) -> labels.LabelContext:
+        actions = cfg.actions
+        return labels.LabelContext(ifname=self._ifnames.name,
+                                   action=lambda prefix: classify(prefix, actions))
 
-    def _labels(self, cfg: Config, group: GroupConfig, fields: tuple[str, ...],
-                key: tuple[object, ...]) -> str:
-        pairs = [(name, self._value(cfg, name, key[fields.index(FIELD_OF_LABEL[name])]))
-                 for name in cfg.labels]
-        return label_string(pairs + sorted(group.labels))
+    def renderer(self, cfg: Config, snap: WorkerSnapshot) -> labels.KeyRenderer:
+        """The function that turns one key of this snapshot into its label string."""
+        return labels.KeyRenderer(cfg.labels, snap.spec.fields, self.context(cfg),
+                                  snap.group_config.labels)
 
-    def _overflow_labels(self, cfg: Config, group: GroupConfig) -> str:
-        pairs = [(name, str(group.group) if name == "group" else OVERFLOW) for name in cfg.labels]
-        return label_string(pairs + sorted(group.labels))
-
-    def render(self, cfg: Config, workers: Sequence[GroupWorker]) -> str:
+    def render(self, cfg: Config, snapshots: Sequence[WorkerSnapshot]) -> str:
         tag = (id(cfg), self._ifnames.generation)
         if tag != self._cache_tag or len(self._cache) > 4 * cfg.max_series + 1024:
             self._cache.clear()  # names, labels or config changed: rebuild what is asked
             self._cache_tag = tag
         cache = self._cache
         totals: dict[str, list[int]] = {}
-        wanted = fields_for(cfg.labels)
-        for w in workers:
-            agg, gcfg = w.aggregator, w.cfg
-            fields = agg.fields
-            if fields != wanted:
+        wanted = cfg.key_spec
+        for snap in snapshots:
+            if snap.spec != wanted:
                 continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
-            for key, packets, nbytes in agg.snapshot():
-                ck = (gcfg.group, key)
-                labels = cache.get(ck)
-                if labels is None:
-                    labels = cache[ck] = self._labels(cfg, gcfg, fields, key)
-                acc = totals.get(labels)
+            group = snap.group
+            render: labels.KeyRenderer | None = None
+            for key, packets, nbytes in snap.rows:
+                ck = (group, key)
+                text = cache.get(ck)
+                if text is None:
+                    if render is None:
+                        render = self.renderer(cfg, snap)
+                    text = cache[ck] = render(key)
+                acc = totals.get(text)
                 if acc is None:
-                    totals[labels] = [packets, nbytes]
+                    totals[text] = [packets, nbytes]
                 else:
                     acc[0] += packets
                     acc[1] += nbytes
-            over_packets, over_bytes = agg.overflow
+            over_packets, over_bytes = snap.overflow
             if over_packets:
-                acc = totals.setdefault(self._overflow_labels(cfg, gcfg), [0, 0])
+                text = labels.overflow_label_string(cfg.labels, group, snap.group_config.labels)
+                acc = totals.setdefault(text, [0, 0])
                 acc[0] += over_packets
                 acc[1] += over_bytes
         out = ["# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n",
                "# TYPE nflog_packets_total counter\n"]
-        out += [f"nflog_packets_total{labels} {v[0]}\n" for labels, v in totals.items()]
+        out += [f"nflog_packets_total{text} {v[0]}\n" for text, v in totals.items()]
         out += ["# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n",
                 "# TYPE nflog_bytes_total counter\n"]
-        out += [f"nflog_bytes_total{labels} {v[1]}\n" for labels, v in totals.items()]
+        out += [f"nflog_bytes_total{text} {v[1]}\n" for text, v in totals.items()]
         return "".join(out)
 
 
@@ -157,7 +128,7 @@ class HealthCollector:
         workers = self._workers()
         stats: list[WorkerStats] = [w.stats() for w in workers]
 
-        def per_group(family: Union[CounterMetricFamily, GaugeMetricFamily],
+        def per_group(family: CounterMetricFamily | GaugeMetricFamily,
                       value: Callable[[WorkerStats], float | None]) -> Metric:
             for s in stats:
                 v = value(s)
@@ -264,7 +235,7 @@ class Exposition:
         """The body and content type for a scrape sending `accept`: OpenMetrics 1.0.0 when it
         asks for it (ending in # EOF), Prometheus text 0.0.4 otherwise."""
         self._ifnames.refresh()
-        text = self._counters.render(self._config(), self._workers())
+        text = self._counters.render(self._config(), [w.snapshot() for w in self._workers()])
         if wants_openmetrics(accept):
             return (openmetrics_counters(text.encode()) + generate_openmetrics(self.registry),
                     OPENMETRICS_CONTENT_TYPE)

@@ -20,7 +20,7 @@ import time
 from typing import Callable, Sequence
 
 from . import nflog
-from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
+from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus
 from .config import Config, ConfigError, GroupConfig, load_config
 from .http import MetricsServer
 from .ifnames import InterfaceNames
@@ -97,7 +97,7 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, group_cfg: GroupConfig, cfg: Config) -> GroupWorker:
-        return GroupWorker(group_cfg, fields_for(cfg.labels), self.budget)
+        return GroupWorker(group_cfg, cfg.key_spec, self.budget)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
@@ -231,7 +231,7 @@ class Daemon:
             self.server.reload(web)  # raises WebConfigError, keeping the old web config
             self.server.set_metrics_path(cfg.metrics_path)
         self.budget.limit = cfg.max_series
-        fields = fields_for(cfg.labels)
+        spec = cfg.key_spec
         wanted = {g.group: g for g in cfg.groups}
         for group in [g for g in self.workers if g not in wanted]:
             self._retire_worker(group)
@@ -239,7 +239,7 @@ class Daemon:
             w = self.workers.get(group)
             if w is not None:
                 w.reconfigure(group_cfg)  # in place: the group stays bound, nothing is lost
-                w.relabel(fields)
+                w.relabel(spec)
                 continue
             w = self._new_worker(group_cfg, cfg)
             try:

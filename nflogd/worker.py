@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from . import nflog
 from .config import GroupConfig
+from .labels import KeySpec
 
 log = logging.getLogger("nflogd.worker")
 
@@ -77,6 +78,18 @@ class WorkerStats:
     error: str | None
 
 
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A worker's record counters copied at one instant, with what they are keyed by: all the
+    collector needs to render them, so it never reaches into a live worker."""
+
+    group: int
+    group_config: GroupConfig
+    spec: KeySpec
+    rows: tuple[tuple[tuple[object, ...], int, int], ...]  # (key, packets, bytes)
+    overflow: tuple[int, int]  # (packets, bytes) over the series budget
+
+
 class _Totals:
     """Counters of closed handles, so the exported totals never go backwards on a restart."""
 
@@ -104,12 +117,13 @@ _NO_HANDLE = _NoHandle()
 class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
-    def __init__(self, cfg: GroupConfig, fields: tuple[str, ...],
-                 budget: nflog.SeriesBudget) -> None:
+    def __init__(self, cfg: GroupConfig, spec: KeySpec, budget: nflog.SeriesBudget) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
         self._budget = budget
-        self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget)
+        # One tuple, replaced in one assignment, so a reader never pairs a spec with another's
+        # aggregator.
+        self._current: tuple[KeySpec, nflog.Aggregator] = (spec, self._new_aggregator(spec))
         self._lock = threading.Lock()      # guards _nflog, _totals, _error, cfg swaps
         # Not "_handle": threading.Thread uses that name itself since CPython 3.13.
         self._nflog: nflog.Nflog | None = None
@@ -122,7 +136,8 @@ class GroupWorker(threading.Thread):
         self._read_failing_since = 0.0  # monotonic time of the streak's first failure
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
-        self._next_fields: tuple[str, ...] | None = None
+        self._next_spec: KeySpec | None = None
+        self._conntrack_ok = True  # until the kernel refuses NFULNL_CFG_F_CONNTRACK
         self._heartbeat = time.monotonic()
         self._unbound_total = 0.0
         self._unbound_since: float | None = None  # monotonic time the group lost its socket
@@ -158,15 +173,29 @@ class GroupWorker(threading.Thread):
                           cfg.group, reason(e))
                 h.close()  # wakes aggregate(); the loop binds again with the new settings
 
-    def relabel(self, fields: tuple[str, ...]) -> None:
-        """Count by other fields from now on; the worker swaps its Aggregator between two reads."""
-        self._next_fields = fields
+    def relabel(self, spec: KeySpec) -> None:
+        """Count by another key from now on; the worker swaps its Aggregator between two reads."""
+        self._next_spec = spec
 
     def stop(self) -> None:
         self._stop_event.set()
         with self._lock:
             if self._nflog is not None:
                 self._nflog.close()
+
+    @property
+    def aggregator(self) -> nflog.Aggregator:
+        return self._current[1]
+
+    @property
+    def spec(self) -> KeySpec:
+        return self._current[0]
+
+    def snapshot(self) -> WorkerSnapshot:
+        """The record counters now, frozen, with the spec they were counted by."""
+        (spec, agg), cfg = self._current, self.cfg
+        return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
+                              rows=tuple(agg.snapshot()), overflow=agg.overflow)
 
     def stats(self) -> WorkerStats:
         with self._lock:
@@ -207,9 +236,24 @@ class GroupWorker(threading.Thread):
     # -- the thread ---------------------------------------------------------------------------
     def _open(self) -> nflog.Nflog:
         cfg = self.cfg
-        h = nflog.open(cfg.group, timeout=cfg.timeout, qthresh=cfg.qthresh, nlbuf=cfg.nlbuf,
-                       rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
-                       copymode=nflog.COPY_PACKET, copyrange=cfg.copy_range, seq=True)
+
+        def bind(conntrack: bool) -> nflog.Nflog:
+            return nflog.open(cfg.group, timeout=cfg.timeout, qthresh=cfg.qthresh,
+                              nlbuf=cfg.nlbuf, rcvbuf=self._rcvbuf_target,
+                              enobufs=nflog.ENOBUFS_DISABLE, copymode=nflog.COPY_PACKET,
+                              copyrange=cfg.copy_range, seq=True, conntrack=conntrack)
+
+        # The ct_state label asks for conntrack data; a kernel that cannot send it refuses the
+        # whole bind (EOPNOTSUPP): say so once, and count without it (ct_state "").
+        want_ct = self._conntrack_ok and "ct_state" in self.spec.fields
+        try:
+            h = bind(want_ct)
+        except nflog.NflogError as e:
+            if not (want_ct and e.errno == errno.EOPNOTSUPP):
+                raise
+            self._conntrack_ok = False
+            log.warning("group %d: %s; the ct_state label stays empty", cfg.group, reason(e))
+            h = bind(False)
         self._error = None
         return h
 
@@ -224,14 +268,18 @@ class GroupWorker(threading.Thread):
                 if self._unbound_since is None and not self._stop_event.is_set():
                     self._unbound_since = time.monotonic()
 
+    def _new_aggregator(self, spec: KeySpec) -> nflog.Aggregator:
+        return nflog.Aggregator(spec.fields, max_keys=NO_KEY_LIMIT, budget=self._budget,
+                                address_mask=spec.address_mask, networks=spec.networks)
+
     def _swap_aggregator(self) -> None:
         """Called by the worker thread only, between two aggregate() calls, so no record is
         folded into an aggregator that is already gone."""
-        fields, self._next_fields = self._next_fields, None
-        if fields is not None and fields != self.aggregator.fields:
+        spec, self._next_spec = self._next_spec, None
+        if spec is not None and spec != self.spec:
             old = self.aggregator
             old.clear()  # its keys go back to the shared budget first
-            self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=self._budget)
+            self._current = (spec, self._new_aggregator(spec))
 
     def run(self) -> None:
         bind_retry = 0.0  # the first attempt to bind again is immediate

@@ -238,7 +238,7 @@ def test_rule_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
             (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
     assert alerts == {"NflogdFirewallDropRateHigh", "NflogdMessagesLost", "NflogdSeriesLimitReached",
                       "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdRecordsUncounted",
-                      "NflogdDown"}
+                      "NflogdDown", "NflogdPortScan"}
     assert alerts - fired == set(), "alerts never shown firing"
     assert alerts - quiet == set(), "alerts never shown not firing"
 
