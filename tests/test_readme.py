@@ -14,7 +14,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def documented() -> tuple[set[str], set[str]]:
     """(metric names, name prefixes written as `prefix_*`) of the 'What it exports' table."""
     text = README.read_text()
-    section = text.split("\n## What it exports\n", 1)[1].split("\n## ", 1)[0]
+    # The section's text up to its next heading (### Labels has a table of its own).
+    section = re.split(r"\n#+ ", text.split("\n## What it exports\n", 1)[1], maxsplit=1)[0]
     names, prefixes = set(), set()
     for line in section.splitlines():
         m = re.match(r"\| `([a-z_:*]+)", line)
