@@ -19,7 +19,7 @@ DEB_OUT     ?= .
 # The tests `make test` runs: all but the package's own (make test-deb) and the other Pythons'.
 TEST_IGNORE := --ignore=tests/test_deb.py
 
-.PHONY: all deps venv build run test lint test-deb test-pythons deb check-c install clean
+.PHONY: all deps venv build run test test-unit lint test-deb test-pythons deb check-c install clean
 
 all: build
 
@@ -83,6 +83,10 @@ deb: $(STAMP_DEB_DEPS)
 	cp build/deb/nflogd_*.deb $(DEB_OUT)/
 	lintian --fail-on error $(DEB_OUT)/$$(cd build/deb && echo nflogd_*.deb)
 	@echo "built $(DEB_OUT)/$$(cd build/deb && echo nflogd_*.deb)"
+
+# The tests that need no root, kernel or systemd (tests/conftest.py says which): seconds, any user.
+test-unit: build
+	$(VENV)/bin/python -m pytest -m unit $(PYTEST_ARGS)
 
 install: build
 	./systemd/install.sh $(PREFIX)

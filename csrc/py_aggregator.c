@@ -370,19 +370,47 @@ static PyObject *key_value(const AggregatorObject *self, const struct agg_key *k
 	}
 }
 
-static PyObject *row(AggregatorObject *self, const struct agg_entry *e)
+/* A key as a tuple of its values in this field order: what snapshot() and Counts.rows() list
+ * and CounterRenderer's label callable is given. */
+PyObject *aggregator_key_tuple(PyObject *agg, const int *order, int nfields,
+			       const struct agg_entry *e)
 {
-	PyObject *key = PyTuple_New(self->nfields);
+	PyObject *key = PyTuple_New(nfields);
 	if (!key)
 		return NULL;
-	for (int i = 0; i < self->nfields; i++) {
-		PyObject *v = key_value(self, &e->key, self->order[i]);
+	for (int i = 0; i < nfields; i++) {
+		PyObject *v = key_value((AggregatorObject *)agg, &e->key, order[i]);
 		if (!v) {
 			Py_DECREF(key);
 			return NULL;
 		}
 		PyTuple_SET_ITEM(key, i, v);
 	}
+	return key;
+}
+
+static PyObject *key_tuple(AggregatorObject *self, const struct agg_entry *e)
+{
+	return aggregator_key_tuple((PyObject *)self, self->order, self->nfields, e);
+}
+
+void aggregator_order(PyObject *agg, int order[F_NFIELDS], int *nfields)
+{
+	AggregatorObject *a = (AggregatorObject *)agg;
+	memcpy(order, a->order, sizeof(a->order));
+	*nfields = a->nfields;
+}
+
+int aggregator_check_ready(PyObject *agg)
+{
+	return check_ready((AggregatorObject *)agg);
+}
+
+static PyObject *row(AggregatorObject *self, const struct agg_entry *e)
+{
+	PyObject *key = key_tuple(self, e);
+	if (!key)
+		return NULL;
 	return Py_BuildValue("(NKK)", key, (unsigned long long)e->packets,
 			     (unsigned long long)e->bytes);
 }
@@ -512,6 +540,19 @@ static PyObject *get_budget(AggregatorObject *self, void *c)
 	return b;
 }
 
+PyDoc_STRVAR(counts_doc,
+"counts($self, /)\n--\n\n"
+"The counters now as a frozen Counts (one copy under the lock, no Python object per key): what\n"
+"CounterRenderer renders, and rows() gives snapshot()'s list when Python wants the rows.");
+
+static PyObject *aggregator_counts(AggregatorObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (check_ready(self) < 0)
+		return NULL;
+	return counts_of((PyObject *)self);
+}
+
 static PyObject *get_address_mask(AggregatorObject *self, void *c)
 {
 	(void)c;
@@ -529,6 +570,7 @@ static PyObject *get_networks(AggregatorObject *self, void *c)
 
 static PyMethodDef aggregator_methods[] = {
 	{"snapshot", (PyCFunction)aggregator_snapshot, METH_NOARGS, snapshot_doc},
+	{"counts", (PyCFunction)aggregator_counts, METH_NOARGS, counts_doc},
 	{"clear", (PyCFunction)aggregator_clear, METH_NOARGS, clear_doc},
 	{NULL, NULL, 0, NULL},
 };

@@ -86,7 +86,9 @@ class WorkerSnapshot:
     group: int
     group_config: GroupConfig
     spec: KeySpec
-    rows: tuple[tuple[tuple[object, ...], int, int], ...]  # (key, packets, bytes)
+    # The counters: a frozen C copy (nflog.Counts: CounterRenderer renders it without a Python
+    # object per key; .rows() lists them) or, made by hand, rows (key, packets, bytes).
+    rows: nflog.Counts | tuple[tuple[tuple[object, ...], int, int], ...]
     overflow: tuple[int, int]  # (packets, bytes) over the series budget
 
 
@@ -195,7 +197,7 @@ class GroupWorker(threading.Thread):
         """The record counters now, frozen, with the spec they were counted by."""
         (spec, agg), cfg = self._current, self.cfg
         return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
-                              rows=tuple(agg.snapshot()), overflow=agg.overflow)
+                              rows=(counts := agg.counts()), overflow=counts.overflow)
 
     def stats(self) -> WorkerStats:
         with self._lock:
