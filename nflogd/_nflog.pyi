@@ -252,17 +252,17 @@ class Counts:
 
     def __init__(self, aggregator: Aggregator) -> None: ...
 
-    def rows(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
+    def rows(self) -> list[tuple[tuple[_KeyValue, ...], int, int]]:
         """The counters as Aggregator.snapshot() lists them: (key, packets, bytes) per key."""
     def __len__(self) -> int: ...
     @property
-    def overflow(self) -> Tuple[int, int]:
+    def overflow(self) -> tuple[int, int]:
         """(packets, bytes) of the aggregator's overflow when copied."""
     @property
-    def fields(self) -> Tuple[str, ...]:
+    def fields(self) -> tuple[str, ...]:
         """The key fields, in the order the keys were copied in."""
     @property
-    def sum(self) -> Tuple[int, int]:
+    def sum(self) -> tuple[int, int]:
         """(packets, bytes) over every key (overflow not included)."""
     @property
     def aggregator(self) -> Aggregator:
@@ -275,8 +275,8 @@ class CounterRenderer:
     built once (by a Python callable) and cached while the key lives. See render()."""
 
     def __init__(self) -> None: ...
-    def render(self, parts: Iterable[Tuple[object, ...]],
-               tag: object, families: Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]],
+    def render(self, parts: Iterable[tuple[object, ...]],
+               tag: object, families: tuple[tuple[bytes, bytes], tuple[bytes, bytes]],
                tail: bytes = b"", /) -> bytes:
         """The record counters as Prometheus text, followed by tail, as one bytes object.
         parts: (counts, labels, overflow_labels) per aggregator, counts an Aggregator.counts() (or the

@@ -38,9 +38,12 @@ __all__ = [
     "ConfigError",
     "GroupConfig",
     "NamedNetwork",
+    "check_metrics_path",
     "classify",
     "default_config",
+    "format_listen",
     "load_config",
+    "parse_listen",
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/nflogd/nflogd.yaml"
@@ -117,13 +120,13 @@ class NamedNetwork:
 class Config:
     """The validated configuration. Field defaults are the built-in defaults.
 
-    ``listen_host`` is "" for all addresses; an IPv6 address is stored without brackets.
+    ``listen_addresses`` are (host, port) pairs, at least one; a host "" is all addresses, an IPv6
+    address is stored without brackets. ``listen_host``/``listen_port`` are the first pair.
     ``web_config_file`` is absolute when it was given relative to a config file.
     ``source`` is the file the config was read from, or BUILTIN_SOURCE.
     """
 
-    listen_host: str = ""
-    listen_port: int = 10040
+    listen_addresses: tuple[tuple[str, int], ...] = (("", 10040),)
     metrics_path: str = "/metrics"
     log_level: str = "info"
     max_series: int = 10000
@@ -142,10 +145,17 @@ class Config:
         return _labels.key_spec(self.labels, self.address_mask, pairs)
 
     @property
+    def listen_host(self) -> str:
+        return self.listen_addresses[0][0]
+
+    @property
+    def listen_port(self) -> int:
+        return self.listen_addresses[0][1]
+
+    @property
     def listen(self) -> str:
-        """The listen address as "host:port" again, IPv6 in brackets (for log messages)."""
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
+        """The listen addresses as "host:port" again, IPv6 in brackets (for log messages)."""
+        return ", ".join(format_listen(host, port) for host, port in self.listen_addresses)
 
     def group(self, n: int) -> GroupConfig:
         """Return the settings of NFLOG group ``n``; KeyError if it is not configured."""
@@ -158,6 +168,52 @@ class Config:
 def default_config() -> Config:
     """The built-in defaults, used when no config file is given and the default path is absent."""
     return Config()
+
+
+_LISTEN_USAGE = 'use "host:port", e.g. ":10040" (all addresses), "127.0.0.1:10040", "[::1]:10040"'
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse one "host:port" listen address; ValueError says what is wrong (for config and flags)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or text.endswith("]"):  # "[::1]" has colons but no port
+        raise ValueError(f"{text!r} has no port; {_LISTEN_USAGE}")
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not a number 1-65535; {_LISTEN_USAGE}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"[{host}] is not an IPv6 address") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"{host!r} is not a host; IPv6 addresses must be in brackets; "
+                         f"{_LISTEN_USAGE}")
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+    elif host and not (len(host) <= 253 and _HOSTNAME_RE.fullmatch(host)):
+        raise ValueError(f"{host!r} is not a valid host name; {_LISTEN_USAGE}")
+    return host, int(port)
+
+
+def check_metrics_path(text: str) -> str:
+    """``text`` if it can serve the metrics (config and --web.telemetry-path); else ValueError."""
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must start with '/'")
+    if text == "/":
+        raise ValueError("'/' is the landing page; use a path such as '/metrics'")
+    # A URL path never contains these, so such a path could never be scraped.
+    if re.search(r"[\s?#]|[\x00-\x1f\x7f]", text):
+        raise ValueError(f"{text!r} must not contain spaces, control characters, '?' or '#'")
+    return text
+
+
+def format_listen(host: str, port: int) -> str:
+    """(host, port) as "host:port", IPv6 in brackets: how a listen address is written."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def classify(prefix: str, rules: Iterable[ActionRule]) -> str:
@@ -250,7 +306,7 @@ class _Reader(NodeReader):
         keys = self.mapping(root, "", _TOP_KEYS)
         kw: dict[str, Any] = {"source": self.path}
         if "listen" in keys:
-            kw["listen_host"], kw["listen_port"] = self.listen(keys["listen"][1])
+            kw["listen_addresses"] = self.listen(keys["listen"][1])
         if "metrics_path" in keys:
             kw["metrics_path"] = self.metrics_path(keys["metrics_path"][1])
         if "log_level" in keys:
@@ -273,44 +329,32 @@ class _Reader(NodeReader):
         self.check_labels_fit(config, keys)
         return config
 
-    def listen(self, node: Node) -> tuple[str, int]:
-        text = self.string(node, "listen")
-        usage = 'use "host:port", e.g. ":10040" (all addresses), "127.0.0.1:10040", "[::1]:10040"'
-        host, sep, port = text.rpartition(":")
-        if not sep or text.endswith("]"):  # "[::1]" has colons but no port
-            raise self.error(node, f"listen: {text!r} has no port; {usage}")
-        if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-            raise self.error(node, f"listen: port {port!r} is not a number 1-65535; {usage}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
+    def listen(self, node: Node) -> tuple[tuple[str, int], ...]:
+        """One "host:port" string, or a list of them (the endpoint listens on each)."""
+        if isinstance(node, SequenceNode):
+            items = [(item, f"listen[{i}]") for i, item in enumerate(self.sequence(node, "listen"))]
+            if not items:
+                raise self.error(node, "listen: must list at least one address")
+        else:
+            items = [(node, "listen")]
+        seen: dict[tuple[str, int], Node] = {}
+        for item, where in items:
             try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise self.error(node, f"listen: [{host}] is not an IPv6 address") from None
-        elif ":" in host or "[" in host or "]" in host:
-            raise self.error(node, f"listen: {host!r} is not a host; IPv6 addresses must be "
-                                   f"in brackets; {usage}")
-        elif re.fullmatch(r"[0-9.]+", host):
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                raise self.error(node, f"listen: {host!r} is not an IPv4 address") from None
-        elif host and not (len(host) <= 253 and _HOSTNAME_RE.fullmatch(host)):
-            raise self.error(node, f"listen: {host!r} is not a valid host name; {usage}")
-        return host, int(port)
+                address = parse_listen(self.string(item, where))
+            except ValueError as e:
+                raise self.error(item, f"{where}: {e}") from None
+            if address in seen:
+                raise self.error(item, f"{where}: {format_listen(*address)} is listed twice "
+                                       f"(first at line {seen[address].start_mark.line + 1})")
+            seen[address] = item
+        return tuple(seen)
 
     def metrics_path(self, node: Node) -> str:
         text = self.string(node, "metrics_path")
-        if not text.startswith("/"):
-            raise self.error(node, f"metrics_path: {text!r} must start with '/'")
-        if text == "/":
-            raise self.error(node, "metrics_path: '/' is the landing page; "
-                                   "use a path such as '/metrics'")
-        # A URL path never contains these, so such a path could never be scraped.
-        if re.search(r"[\s?#]|[\x00-\x1f\x7f]", text):
-            raise self.error(node, f"metrics_path: {text!r} must not contain spaces, "
-                                   "control characters, '?' or '#'")
-        return text
+        try:
+            return check_metrics_path(text)
+        except ValueError as e:
+            raise self.error(node, f"metrics_path: {e}") from None
 
     def log_level(self, node: Node) -> str:
         text = self.string(node, "log_level")

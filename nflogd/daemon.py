@@ -15,8 +15,9 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
+import socket
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import nflog
 from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus
@@ -67,7 +68,13 @@ class ReloadError(Exception):
 
 class Daemon:
     def __init__(self, cfg: Config, config_path: str | None, web_config_path: str | None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, *,
+                 overrides: Callable[[Config], Config] = lambda c: c,
+                 sockets: Sequence[socket.socket] = ()) -> None:
+        # overrides: the command line's flags, applied again to every config a reload reads;
+        # sockets: listening sockets from systemd (the listen addresses are then not used).
+        self.overrides = overrides
+        self.sockets = tuple(sockets)
         self.cfg = cfg
         self.config_path = config_path
         self.web_config_path = web_config_path
@@ -109,9 +116,10 @@ class Daemon:
         return load_web_config(path) if path else None
 
     def _make_server(self, cfg: Config, web: WebConfig | None) -> MetricsServer:
-        return MetricsServer([(cfg.listen_host, cfg.listen_port)], metrics_path=cfg.metrics_path,
-                             render=self.exposition.render, web_config=web,
-                             readiness=self.readiness)
+        # With systemd's sockets those are the endpoint; the config's addresses are not bound.
+        return MetricsServer(() if self.sockets else cfg.listen_addresses, sockets=self.sockets,
+                             metrics_path=cfg.metrics_path, render=self.exposition.render,
+                             web_config=web, readiness=self.readiness)
 
     def readiness(self) -> tuple[bool, str]:
         """For /-/ready: every configured group bound (cheap: it runs on the HTTP event loop)."""
@@ -193,7 +201,7 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.config_path or "built-in defaults")
         try:
-            cfg = load_config(self.config_path) if self.config_path else self.cfg
+            cfg = self.overrides(load_config(self.config_path)) if self.config_path else self.cfg
             web = self._web_config(cfg)
             self._apply(cfg, web)
         except (ConfigError, WebConfigError, ReloadError) as e:
@@ -211,7 +219,7 @@ class Daemon:
         web config or the new address cannot listen, this raises and nothing has changed."""
         old = self.cfg
         assert self.server is not None
-        if (cfg.listen_host, cfg.listen_port) != (old.listen_host, old.listen_port):
+        if cfg.listen_addresses != old.listen_addresses and not self.sockets:
             server = self._make_server(cfg, web)
             try:
                 server.start()  # the old one keeps serving until the new one listens

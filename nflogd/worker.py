@@ -126,8 +126,9 @@ class GroupWorker(threading.Thread):
         # One tuple, replaced in one assignment, so a reader never pairs a spec with another's
         # aggregator.
         self._current: tuple[KeySpec, nflog.Aggregator] = (spec, self._new_aggregator(spec))
-        self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
-        self._handle: nflog.Nflog | None = None
+        self._lock = threading.Lock()      # guards _nflog, _totals, _error, cfg swaps
+        # Not "_handle": threading.Thread uses that name itself since CPython 3.13.
+        self._nflog: nflog.Nflog | None = None
         self._totals = _Totals()
         self._last_message_time: float | None = None  # of retired handles
         self._stop_event = threading.Event()
@@ -148,7 +149,7 @@ class GroupWorker(threading.Thread):
         """Bind the group now (raises nflog.NflogError/ValueError); start() then reads it."""
         with self._lock:
             try:
-                self._handle = self._open()
+                self._nflog = self._open()
             except (nflog.NflogError, ValueError):
                 self._unbound_since = time.monotonic()
                 raise
@@ -158,7 +159,7 @@ class GroupWorker(threading.Thread):
         nothing the kernel is batching is lost, and the counters keep counting."""
         with self._lock:
             old, self.cfg = self.cfg, cfg
-            h = self._handle
+            h = self._nflog
             if h is None or h.closed:
                 return  # the next bind uses the new settings
             try:
@@ -181,8 +182,8 @@ class GroupWorker(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         with self._lock:
-            if self._handle is not None:
-                self._handle.close()
+            if self._nflog is not None:
+                self._nflog.close()
 
     @property
     def aggregator(self) -> nflog.Aggregator:
@@ -200,7 +201,7 @@ class GroupWorker(threading.Thread):
 
     def stats(self) -> WorkerStats:
         with self._lock:
-            h, t = self._handle, self._totals
+            h, t = self._nflog, self._totals
             live = h is not None and not h.closed
             rcvbuf = 0
             if h is not None and live:
@@ -260,12 +261,12 @@ class GroupWorker(threading.Thread):
 
     def _retire_handle(self) -> None:
         with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._totals.absorb(self._handle)
-                self._last_message_time = (self._handle.last_message_time
+            if self._nflog is not None:
+                self._nflog.close()
+                self._totals.absorb(self._nflog)
+                self._last_message_time = (self._nflog.last_message_time
                                            or self._last_message_time)
-                self._handle = None
+                self._nflog = None
                 if self._unbound_since is None and not self._stop_event.is_set():
                     self._unbound_since = time.monotonic()
 
@@ -287,7 +288,7 @@ class GroupWorker(threading.Thread):
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
             self._swap_aggregator()
-            h = self._handle
+            h = self._nflog
             if h is None or h.closed:
                 if h is not None:
                     self._retire_handle()
@@ -297,7 +298,7 @@ class GroupWorker(threading.Thread):
                         break
                 try:
                     with self._lock:
-                        self._handle = h = self._open()
+                        self._nflog = h = self._open()
                         unbound = self._mark_bound()
                 except (nflog.NflogError, ValueError) as e:
                     if self._unbound_since is None:

@@ -319,7 +319,7 @@ def test_bad_config_on_reload_keeps_the_old_one(make_netns, start_daemon) -> Non
     errors = [line for line in d.stderr().splitlines() if "qtresh" in line]
     assert len(errors) == 1, d.stderr()
     assert f"{d.config_path}:{typo_line}:" in errors[0], errors[0]
-    assert "unknown key" in errors[0] and "ERROR" in errors[0], errors[0]
+    assert "unknown key" in errors[0] and "level=error" in errors[0], errors[0]
 
     # Still counting on the old config.
     ns.send_udp("127.0.0.1", 5010, 6, 50)

@@ -207,7 +207,8 @@ def test_install_is_idempotent_and_keeps_an_edited_config() -> None:
                     "install-test", str(REPO), str(prefix), str(uid), str(prefix_root / "etc")],
                    timeout=900)
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-6000:]}"
-        unreadable = [str(p) for p in prefix.rglob("*") if not p.is_symlink() and not p.stat().st_mode & 0o004]
+        unreadable = [str(p) for p in prefix.rglob("*")
+                      if not p.is_symlink() and not p.stat().st_mode & 0o004]
         assert not unreadable, f"not world-readable: {unreadable[:5]}"
     finally:
         shutil.rmtree(prefix_root, ignore_errors=True)

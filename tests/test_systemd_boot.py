@@ -91,7 +91,8 @@ done
 u=/run/systemd/system
 mkdir -p "$u/nflogd.service.d"
 printf '[Unit]\nDescription=nflogd test boot\nDefaultDependencies=no\n' > "$u/nflogd-test.target"
-printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/nflogd.log\nStandardError=inherit\n' \
+printf '[Unit]\nDefaultDependencies=no\n[Service]\n%s\n%s\n' \
+    StandardOutput=append:/run/nflogd.log StandardError=inherit \
     > "$u/nflogd.service.d/test.conf"
 for m in $(cat "$root/masked"); do ln -s /dev/null "$u/$m"; done
 export container=nflogd-test
@@ -125,10 +126,12 @@ def _comm(pid: int) -> str:
 class Booted:
     """A systemd running as PID 1 of private namespaces; ``kill()`` always ends it with SIGKILL."""
 
+    boot_script = BOOT_SH  # test_deb.py boots with its own (overlays over /usr and /var too)
+
     def __init__(self, root: Path, ns: Netns) -> None:
         self.root, self.ns = root, ns
         self.cgroup = root.name  # unique: the mkdtemp name of the install prefix
-        (root / "boot.sh").write_text(BOOT_SH)
+        (root / "boot.sh").write_text(self.boot_script)
         (root / "masked").write_text("\n".join(MASKED) + "\n")
         (root / "console.log").write_text("")
         self.log = root / "unshare.log"
@@ -268,7 +271,8 @@ def install(root: Path) -> None:
         mkdir "$root/scratch" "$root/stage"
         mount -t tmpfs nflogd-etc "$root/scratch"
         mkdir -m 0755 "$root/scratch/upper" "$root/scratch/work"
-        mount -t overlay overlay -o "lowerdir=/etc,upperdir=$root/scratch/upper,workdir=$root/scratch/work" /etc
+        mount -t overlay overlay \
+            -o "lowerdir=/etc,upperdir=$root/scratch/upper,workdir=$root/scratch/work" /etc
         sh "$repo/systemd/install.sh" "$root/prefix"
         cp /etc/systemd/system/nflogd.service /etc/nflogd/nflogd.yaml "$root/stage/"
         """)
@@ -375,7 +379,7 @@ def test_systemd_runs_the_installed_unit(install_root: Path, booted) -> None:
         assert sd.show("ActiveState") == "inactive"
         assert sd.show("Result") == "success" and sd.show("ExecMainStatus") == "0"
         log = sd.inside("cat", "/run/nflogd.log").stdout
-        assert "INFO nflogd: stopped" in log, log
+        assert "level=info logger=nflogd msg=stopped" in log, log
 
         # The watchdog, for real: a stuck worker (group 1's, hung from outside by strace delaying
         # its next poll()) stops the pings, systemd kills and restarts nflogd.
