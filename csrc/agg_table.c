@@ -90,13 +90,42 @@ int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_b
 	return 0;
 }
 
-void agg_clear(struct agg_table *t)
+static void release_keys(struct agg_table *t, size_t n)
 {
-	if (t->budget)
-		__atomic_fetch_sub(&t->budget->used, (long)t->nentries, __ATOMIC_RELAXED);
+	if (t->budget && n)
+		__atomic_fetch_sub(&t->budget->used, (long)n, __ATOMIC_RELAXED);
+}
+
+/* Every entry gone (returned to the budget); the counters stay. */
+static void drop_entries(struct agg_table *t)
+{
+	release_keys(t, t->nentries);
 	memset(t->slots, 0, t->nslots * sizeof(*t->slots));
 	t->nentries = 0;
+	t->nvictims = 0;
+}
+
+void agg_clear(struct agg_table *t)
+{
+	drop_entries(t);
+	if (t->sketch)
+		memset(t->sketch, 0, AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH * sizeof(*t->sketch));
+	t->sketch_total = 0;
 	t->overflow_packets = t->overflow_bytes = t->records = 0;
+	memset(&t->churn, 0, sizeof(t->churn));
+}
+
+void agg_relabel(struct agg_table *t, uint32_t fields)
+{
+	for (size_t i = 0; i < t->nentries; i++) {
+		t->overflow_packets += t->entries[i].packets;
+		t->overflow_bytes += t->entries[i].bytes;
+	}
+	drop_entries(t);
+	if (t->sketch)
+		memset(t->sketch, 0, AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH * sizeof(*t->sketch));
+	t->sketch_total = 0;
+	t->fields = fields;
 }
 
 void agg_destroy(struct agg_table *t)
@@ -106,8 +135,10 @@ void agg_destroy(struct agg_table *t)
 	agg_clear(t);
 	free(t->slots);
 	free(t->entries);
+	free(t->sketch);
 	t->slots = NULL;
 	t->entries = NULL;
+	t->sketch = NULL;
 	pthread_mutex_destroy(&t->lock);
 }
 
@@ -153,6 +184,134 @@ static int grow_entries(struct agg_table *t)
 	return 0;
 }
 
+/* A new entry for key, counting rec; the key is reserved already. -ENOMEM leaves the table as is. */
+static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
+			const struct nfd_record *rec, uint32_t recent)
+{
+	size_t mask, j;
+
+	if ((t->nentries == t->capacity && grow_entries(t) < 0) ||
+	    ((t->nentries + 1) * 2 > t->nslots && grow_slots(t) < 0))
+		return -ENOMEM;
+	mask = t->nslots - 1;
+	for (j = h & mask; t->slots[j]; j = (j + 1) & mask)
+		;
+	struct agg_entry *e = &t->entries[t->nentries];
+	memcpy(&e->key, key, AGG_KEY_FIXED + key->prefix_len);
+	e->hash = h;
+	e->packets = 1;
+	e->bytes = rec->ip_len;
+	e->recent = recent;
+	e->last_seen = e->admitted = t->now;
+	t->slots[j] = (uint32_t)++t->nentries;
+	t->churn.admitted++;
+	return 0;
+}
+
+static size_t slot_of(const struct agg_table *t, size_t index)
+{
+	size_t mask = t->nslots - 1, j = t->entries[index].hash & mask;
+	while (t->slots[j] != index + 1)
+		j = (j + 1) & mask;
+	return j;
+}
+
+/* Remove entry i, its counts moving into the remainder; the last entry takes its place. The caller
+ * returns the key to the budget (or reuses it). */
+static void remove_entry(struct agg_table *t, size_t i)
+{
+	size_t mask = t->nslots - 1, j = slot_of(t, i), k, last = t->nentries - 1;
+
+	t->overflow_packets += t->entries[i].packets;
+	t->overflow_bytes += t->entries[i].bytes;
+	/* Linear probing's backward-shift delete: no tombstones, so lookups stay one probe run. */
+	t->slots[j] = 0;
+	for (k = (j + 1) & mask; t->slots[k]; k = (k + 1) & mask) {
+		size_t ideal = t->entries[t->slots[k] - 1].hash & mask;
+		if (((k - ideal) & mask) >= ((k - j) & mask)) {
+			t->slots[j] = t->slots[k];
+			t->slots[k] = 0;
+			j = k;
+		}
+	}
+	if (i != last) {
+		t->slots[slot_of(t, last)] = (uint32_t)(i + 1);
+		t->entries[i] = t->entries[last];
+		for (size_t v = 0; v < t->nvictims; v++)
+			if (t->victims[v].index == last)
+				t->victims[v].index = (uint32_t)i;
+	}
+	t->nentries = last;
+}
+
+/* ---- the sketch of newcomers' rates ------------------------------------------------------ */
+
+/* Adds one record of the key hashed h; returns its estimate, 0 when there is no sketch (no memory). */
+static uint32_t sketch_add(struct agg_table *t, uint64_t h)
+{
+	size_t idx[AGG_SKETCH_DEPTH];
+	uint32_t lo = UINT32_MAX, *row;
+	uint64_t h2 = mix(h, 0x5851f42d4c957f2dull) | 1;
+
+	if (!t->sketch) {
+		t->sketch = calloc(AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH, sizeof(*t->sketch));
+		if (!t->sketch)
+			return 0;
+	}
+	/* Double hashing from the high bits (the slots use the low ones). */
+	for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++) {
+		idx[d] = ((h >> 32) + d * (h2 >> 32)) & (AGG_SKETCH_WIDTH - 1);
+		row = t->sketch + d * AGG_SKETCH_WIDTH;
+		if (row[idx[d]] < lo)
+			lo = row[idx[d]];
+	}
+	if (lo < UINT32_MAX)
+		lo++;
+	/* Conservative update: raise only the counters below the new estimate. */
+	for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++) {
+		row = t->sketch + d * AGG_SKETCH_WIDTH;
+		if (row[idx[d]] < lo)
+			row[idx[d]] = lo;
+	}
+	t->sketch_total++;
+	return lo;
+}
+
+/* A record whose key has no entry: it displaces the lightest eligible entry when its key is clearly
+ * heavier, else it counts in the remainder. */
+static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
+		     const struct nfd_record *rec)
+{
+	uint32_t est;
+
+	if (t->policy.admit_rate && (est = sketch_add(t, h)) >= AGG_ADMIT_MIN && t->tokens &&
+	    est >= AGG_MARGIN * (t->sketch_total / AGG_SKETCH_WIDTH)) {
+		while (t->nvictims) {
+			struct agg_victim *v = &t->victims[t->nvictims - 1];
+			if (v->index < t->nentries && t->entries[v->index].hash == v->hash)
+				break;
+			t->nvictims--;  /* gone since the sweep */
+		}
+		if (t->nvictims) {
+			size_t i = t->victims[t->nvictims - 1].index;
+			if ((uint64_t)est > (uint64_t)AGG_MARGIN * t->entries[i].recent) {
+				t->nvictims--;
+				remove_entry(t, i);
+				/* Its key is reused: the count of held keys does not change. */
+				if (insert_entry(t, key, h, rec, est) == 0) {
+					t->tokens--;
+					t->churn.displaced++;
+					return;
+				}
+				release_keys(t, 1);
+			}
+		}
+	}
+	t->overflow_packets++;
+	t->overflow_bytes += rec->ip_len;
+	t->churn.remainder_records++;
+}
+
 void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 {
 	struct agg_key key;
@@ -167,30 +326,111 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 		if (e->hash == h && key_equal(&e->key, &key)) {
 			e->packets++;
 			e->bytes += rec->ip_len;
+			e->recent++;
+			e->last_seen = t->now;
 			return;
 		}
 	}
-	/* A new key: it needs room in the table, the limits and memory; else it goes to overflow. */
-	if (!reserve_key(t))
-		goto overflow;
-	if ((t->nentries == t->capacity && grow_entries(t) < 0) ||
-	    ((t->nentries + 1) * 2 > t->nslots && grow_slots(t) < 0)) {
-		if (t->budget)
-			__atomic_fetch_sub(&t->budget->used, 1, __ATOMIC_RELAXED);
-		goto overflow;
+	/* A new key: it needs room in the table, the limits and memory; else see no_entry(). */
+	if (reserve_key(t)) {
+		if (insert_entry(t, &key, h, rec, 1) == 0)
+			return;
+		release_keys(t, 1);
 	}
-	mask = t->nslots - 1;
-	for (j = h & mask; t->slots[j]; j = (j + 1) & mask)
-		;
-	struct agg_entry *e = &t->entries[t->nentries];
-	memcpy(&e->key, &key, AGG_KEY_FIXED + key.prefix_len);
-	e->hash = h;
-	e->packets = 1;
-	e->bytes = rec->ip_len;
-	t->slots[j] = (uint32_t)++t->nentries;
-	return;
+	no_entry(t, &key, h, rec);
+}
 
-overflow:
-	t->overflow_packets++;
-	t->overflow_bytes += rec->ip_len;
+/* ---- the sweep, once per second at most ------------------------------------------------- */
+
+/* victims[0..n) as a max-heap on recent: the root is the heaviest of the lightest kept. */
+static void heap_down(struct agg_victim *v, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+		if (l < n && v[l].recent > v[m].recent)
+			m = l;
+		if (r < n && v[r].recent > v[m].recent)
+			m = r;
+		if (m == i)
+			return;
+		struct agg_victim tmp = v[i];
+		v[i] = v[m];
+		v[m] = tmp;
+		i = m;
+	}
+}
+
+static void heap_up(struct agg_victim *v, size_t i)
+{
+	while (i) {
+		size_t p = (i - 1) / 2;
+		if (v[p].recent >= v[i].recent)
+			return;
+		struct agg_victim tmp = v[i];
+		v[i] = v[p];
+		v[p] = tmp;
+		i = p;
+	}
+}
+
+void agg_tick(struct agg_table *t, uint32_t now)
+{
+	const struct agg_policy *p = &t->policy;
+	uint32_t elapsed, shift = 0;
+	size_t keep, n;
+
+	uint64_t tokens;
+
+	if (now > t->now)
+		t->now = now;
+	if (t->now == t->swept)
+		return;
+	elapsed = t->now - t->swept;
+	t->swept = t->now;
+	tokens = t->tokens + (uint64_t)elapsed * p->admit_rate;
+	t->tokens = tokens > p->admit_rate ? p->admit_rate : (uint32_t)tokens;
+	if (p->decay && t->now - t->decayed >= p->decay) {
+		uint32_t periods = (t->now - t->decayed) / p->decay;
+		shift = periods > 31 ? 31 : periods;
+		t->decayed += periods * p->decay;
+		if (t->sketch)
+			for (size_t i = 0; i < AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH; i++)
+				t->sketch[i] >>= shift;
+		t->sketch_total >>= shift;
+	}
+	keep = p->admit_rate < AGG_MAX_VICTIMS ? p->admit_rate : AGG_MAX_VICTIMS;
+	t->nvictims = 0;
+	/* Backwards, so the entry that remove_entry() moves into place i was already seen. */
+	for (size_t i = t->nentries; i-- > 0;) {
+		struct agg_entry *e = &t->entries[i];
+		if (p->ttl && t->now - e->last_seen >= p->ttl) {
+			remove_entry(t, i);
+			release_keys(t, 1);
+			t->churn.expired++;
+			continue;
+		}
+		e->recent >>= shift;
+		if (!keep || t->now - e->admitted < p->min_residency)
+			continue;
+		struct agg_victim v = {.index = (uint32_t)i, .hash = e->hash, .recent = e->recent};
+		if (t->nvictims < keep) {
+			t->victims[t->nvictims] = v;
+			heap_up(t->victims, t->nvictims++);
+		} else if (v.recent < t->victims[0].recent) {
+			t->victims[0] = v;
+			heap_down(t->victims, t->nvictims, 0);
+		}
+	}
+	/* Heap sort into ascending order, then reverse: the lightest ends last, popped first. */
+	for (n = t->nvictims; n > 1; n--) {
+		struct agg_victim tmp = t->victims[0];
+		t->victims[0] = t->victims[n - 1];
+		t->victims[n - 1] = tmp;
+		heap_down(t->victims, n - 1, 0);
+	}
+	for (size_t i = 0; i < t->nvictims / 2; i++) {
+		struct agg_victim tmp = t->victims[i];
+		t->victims[i] = t->victims[t->nvictims - 1 - i];
+		t->victims[t->nvictims - 1 - i] = tmp;
+	}
 }

@@ -1,6 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Fold records into packet/byte counters keyed by chosen fields: one hash lookup per record, no
- * allocation once a key exists. Pure C; the caller holds agg->lock around fold and copy. */
+ * allocation once a key exists. Pure C; the caller holds agg->lock around every call but init and
+ * destroy.
+ *
+ * The series budget (see agg_policy): a key with no entry is counted in the remainder
+ * (overflow_*); idle entries expire and light ones are displaced by heavier newcomers, their counts
+ * moving into the remainder, so packets + bytes summed over entries and remainder only ever grow
+ * and equal everything folded. Time is a coarse clock in whole seconds set by agg_tick(). */
 #ifndef NFLOGD_AGG_TABLE_H
 #define NFLOGD_AGG_TABLE_H
 
@@ -38,6 +44,45 @@ struct agg_entry {
 	struct agg_key key;
 	uint64_t hash;
 	uint64_t packets, bytes;
+	uint32_t recent;    /* records in the decaying window (halved every decay period) */
+	uint32_t last_seen; /* agg_table.now at its last record */
+	uint32_t admitted;  /* agg_table.now when it got its entry */
+};
+
+/* The budget's policy; 0 disables a mechanism. */
+struct agg_policy {
+	uint32_t ttl;           /* seconds without a record before an entry expires; 0 = never */
+	uint32_t min_residency; /* seconds an entry is safe from displacement */
+	uint32_t admit_rate;    /* displacements per second at most (burst: one second's worth) */
+	uint32_t decay;         /* seconds between halvings of the rate estimates */
+};
+
+/* Defaults of the Python Aggregator (README "Series budget" says why). */
+#define AGG_DEFAULT_MIN_RESIDENCY 20
+#define AGG_DEFAULT_ADMIT_RATE 10
+#define AGG_DEFAULT_DECAY 10
+
+/* The estimator of newcomers' rates: a count-min sketch, conservative update, decayed like the
+ * entries' `recent`, so the two compare. SKETCH_DEPTH rows of SKETCH_WIDTH counters (64 KiB). */
+#define AGG_SKETCH_DEPTH 4
+#define AGG_SKETCH_WIDTH 4096
+/* A newcomer displaces the lightest eligible entry when its estimate is at least AGG_ADMIT_MIN,
+ * at least AGG_MARGIN times the sketch's mean counter (collision noise) and more than AGG_MARGIN
+ * times the victim's `recent`. */
+#define AGG_ADMIT_MIN 8
+#define AGG_MARGIN 2
+/* Victims chosen per tick, lightest first (bounds the displacements between two ticks). */
+#define AGG_MAX_VICTIMS 256
+
+struct agg_victim {
+	uint32_t index;
+	uint64_t hash;    /* the entry still there? (a safety net: removals fix indexes up) */
+	uint32_t recent;  /* at the sweep */
+};
+
+struct agg_churn {
+	uint64_t admitted, expired, displaced;
+	uint64_t remainder_records;  /* records counted in the remainder on arrival */
 };
 
 /* A limit on keys shared by several tables (the daemon's max_series across groups). */
@@ -55,14 +100,30 @@ struct agg_table {
 	size_t nslots;              /* power of two */
 	struct agg_entry *entries;  /* dense, in insertion order */
 	size_t nentries, capacity;
-	uint64_t overflow_packets, overflow_bytes, records;
+	uint64_t overflow_packets, overflow_bytes, records;  /* overflow_*: the remainder series */
+	struct agg_policy policy;
+	uint32_t now;               /* coarse clock, seconds, from agg_tick() */
+	uint32_t swept, decayed;    /* now at the last sweep and the last decay */
+	uint32_t tokens;            /* displacements allowed until the next refill */
+	uint32_t *sketch;           /* AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH, allocated on first need */
+	uint64_t sketch_total;      /* records added to the sketch, decayed alike */
+	struct agg_victim victims[AGG_MAX_VICTIMS];  /* heaviest first; the lightest is last */
+	size_t nvictims;
+	struct agg_churn churn;
 };
 
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
 void agg_destroy(struct agg_table *t);
 /* Count one record; the caller holds t->lock. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec);
-/* Drop all keys (returning them to the budget); the caller holds t->lock. */
+/* Drop all keys (returning them to the budget) and zero every counter. */
 void agg_clear(struct agg_table *t);
+/* Advance the clock to `now` (seconds, never backwards) and, once per second at most, sweep: expire
+ * idle entries, decay the estimates, refill the admission tokens, choose the next victims. Amortised:
+ * one pass over the entries per second, none per record. */
+void agg_tick(struct agg_table *t, uint32_t now);
+/* Count by other fields from now on: every entry's counts move into the remainder, so nothing is
+ * lost and no sum goes down; the sketch forgets (its keys meant something else). */
+void agg_relabel(struct agg_table *t, uint32_t fields);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
 	PyObject_HEAD
@@ -16,8 +17,9 @@ typedef struct {
 	struct agg_table t;
 	PyObject *budget;            /* BudgetObject or NULL */
 	PyObject *fields;            /* tuple of names, in the caller's order */
-	int order[F_NFIELDS];        /* field ids in that order */
+	int order[F_NFIELDS];        /* field ids in that order; written under t.lock (relabel) */
 	int nfields;
+	time_t clock_base;           /* CLOCK_MONOTONIC second that is the table's second 0 */
 } AggregatorObject;
 
 /* ---- SeriesBudget ------------------------------------------------------------------------- */
@@ -100,54 +102,93 @@ static int field_id(PyObject *name)
 	return -1;
 }
 
+/* fields -> (tuple, mask, order); NULL with an exception when they are not valid. */
+static PyObject *parse_fields(PyObject *fields, uint32_t *mask, int order[F_NFIELDS])
+{
+	PyObject *seq = PySequence_Tuple(fields);
+	if (!seq)
+		return NULL;
+	if (PyTuple_GET_SIZE(seq) > F_NFIELDS) {
+		Py_DECREF(seq);
+		PyErr_SetString(PyExc_ValueError, "too many fields");
+		return NULL;
+	}
+	*mask = 0;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+		int id = field_id(PyTuple_GET_ITEM(seq, i));
+		if (id < 0 || (*mask & (1u << id))) {
+			if (id >= 0)
+				PyErr_Format(PyExc_ValueError, "field %R given twice", PyTuple_GET_ITEM(seq, i));
+			Py_DECREF(seq);
+			return NULL;
+		}
+		*mask |= 1u << id;
+		order[i] = id;
+	}
+	return seq;
+}
+
+static int seconds_arg(Py_ssize_t v, const char *name, uint32_t *out)
+{
+	if (v < 0 || v > (Py_ssize_t)INT32_MAX) {
+		PyErr_Format(PyExc_ValueError, "%s must be within 0..%ld", name, (long)INT32_MAX);
+		return -1;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static time_t monotonic_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return ts.tv_sec;
+}
+
 static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = {"fields", "max_keys", "budget", NULL};
+	static char *kwlist[] = {"fields", "max_keys", "budget", "ttl", "min_residency", "admit_rate",
+				 "decay", NULL};
 	PyObject *fields, *seq, *budget = Py_None;
-	Py_ssize_t max_keys = 65536;
+	Py_ssize_t max_keys = 65536, ttl = 0, min_residency = AGG_DEFAULT_MIN_RESIDENCY,
+		   admit_rate = AGG_DEFAULT_ADMIT_RATE, decay = AGG_DEFAULT_DECAY;
+	struct agg_policy policy;
+	int order[F_NFIELDS];
 	uint32_t mask = 0;
 
 	if (self->t.slots) {
 		PyErr_SetString(PyExc_RuntimeError, "Aggregator is already initialised");
 		return -1;
 	}
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO:Aggregator", kwlist, &fields, &max_keys,
-					 &budget))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO$nnnn:Aggregator", kwlist, &fields, &max_keys,
+					 &budget, &ttl, &min_residency, &admit_rate, &decay))
 		return -1;
 	if (max_keys < 0 || max_keys > UINT32_MAX - 1) {
 		PyErr_SetString(PyExc_ValueError, "max_keys must be within 0..4294967294");
 		return -1;
 	}
+	if (seconds_arg(ttl, "ttl", &policy.ttl) < 0 ||
+	    seconds_arg(min_residency, "min_residency", &policy.min_residency) < 0 ||
+	    seconds_arg(admit_rate, "admit_rate", &policy.admit_rate) < 0 ||
+	    seconds_arg(decay, "decay", &policy.decay) < 0)
+		return -1;
 	if (budget != Py_None && !PyObject_TypeCheck(budget, &SeriesBudgetType)) {
 		PyErr_SetString(PyExc_TypeError, "budget must be a SeriesBudget or None");
 		return -1;
 	}
-	seq = PySequence_Tuple(fields);
+	seq = parse_fields(fields, &mask, order);
 	if (!seq)
 		return -1;
-	if (PyTuple_GET_SIZE(seq) > F_NFIELDS) {
-		Py_DECREF(seq);
-		PyErr_SetString(PyExc_ValueError, "too many fields");
-		return -1;
-	}
-	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
-		int id = field_id(PyTuple_GET_ITEM(seq, i));
-		if (id < 0 || (mask & (1u << id))) {
-			if (id >= 0)
-				PyErr_Format(PyExc_ValueError, "field %R given twice", PyTuple_GET_ITEM(seq, i));
-			Py_DECREF(seq);
-			return -1;
-		}
-		mask |= 1u << id;
-		self->order[i] = id;
-	}
-	self->nfields = (int)PyTuple_GET_SIZE(seq);
 	if (agg_init(&self->t, mask, (size_t)max_keys,
 		     budget == Py_None ? NULL : &((BudgetObject *)budget)->b) < 0) {
 		Py_DECREF(seq);
 		PyErr_NoMemory();
 		return -1;
 	}
+	self->t.policy = policy;
+	memcpy(self->order, order, sizeof(order));
+	self->nfields = (int)PyTuple_GET_SIZE(seq);
+	self->clock_base = monotonic_seconds();
 	self->fields = seq;
 	if (budget != Py_None) {
 		Py_INCREF(budget);
@@ -203,13 +244,13 @@ static PyObject *key_value(const struct agg_key *k, int field)
 	}
 }
 
-static PyObject *row(AggregatorObject *self, const struct agg_entry *e)
+static PyObject *row(const int *order, int nfields, const struct agg_entry *e)
 {
-	PyObject *key = PyTuple_New(self->nfields);
+	PyObject *key = PyTuple_New(nfields);
 	if (!key)
 		return NULL;
-	for (int i = 0; i < self->nfields; i++) {
-		PyObject *v = key_value(&e->key, self->order[i]);
+	for (int i = 0; i < nfields; i++) {
+		PyObject *v = key_value(&e->key, order[i]);
 		if (!v) {
 			Py_DECREF(key);
 			return NULL;
@@ -228,42 +269,161 @@ PyDoc_STRVAR(snapshot_doc,
 "None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints.\n"
 "Counters only grow, until clear().");
 
-static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
-{
-	struct agg_entry *copy = NULL;
-	size_t n = 0;
-	int nomem = 0;
-	PyObject *list;
-	(void)unused;
+/* Everything a reader needs, copied at one instant under the lock. */
+struct agg_copy {
+	struct agg_entry *entries;
+	size_t n;
+	int order[F_NFIELDS], nfields;
+	unsigned long long overflow_packets, overflow_bytes;
+};
 
-	if (check_ready(self) < 0)
-		return NULL;
+static int take_copy(AggregatorObject *self, struct agg_copy *c)
+{
+	int nomem = 0;
+
+	memset(c, 0, sizeof(*c));
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->t.lock);
-	n = self->t.nentries;
-	if (n) {
-		copy = malloc(n * sizeof(*copy));
-		if (copy)
-			memcpy(copy, self->t.entries, n * sizeof(*copy));
+	c->n = self->t.nentries;
+	if (c->n) {
+		c->entries = malloc(c->n * sizeof(*c->entries));
+		if (c->entries)
+			memcpy(c->entries, self->t.entries, c->n * sizeof(*c->entries));
 		else
 			nomem = 1;
 	}
+	memcpy(c->order, self->order, sizeof(c->order));
+	c->nfields = self->nfields;
+	c->overflow_packets = self->t.overflow_packets;
+	c->overflow_bytes = self->t.overflow_bytes;
 	pthread_mutex_unlock(&self->t.lock);
 	Py_END_ALLOW_THREADS
-	if (nomem)
-		return PyErr_NoMemory();
+	if (nomem) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
 
-	list = PyList_New((Py_ssize_t)n);
-	for (size_t i = 0; list && i < n; i++) {
-		PyObject *r = row(self, &copy[i]);
+static PyObject *copy_rows(struct agg_copy *c)
+{
+	PyObject *list = PyList_New((Py_ssize_t)c->n);
+	for (size_t i = 0; list && i < c->n; i++) {
+		PyObject *r = row(c->order, c->nfields, &c->entries[i]);
 		if (!r) {
 			Py_CLEAR(list);
 			break;
 		}
 		PyList_SET_ITEM(list, (Py_ssize_t)i, r);
 	}
-	free(copy);
+	free(c->entries);
+	c->entries = NULL;
 	return list;
+}
+
+static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
+{
+	struct agg_copy c;
+	(void)unused;
+
+	if (check_ready(self) < 0 || take_copy(self, &c) < 0)
+		return NULL;
+	return copy_rows(&c);
+}
+
+PyDoc_STRVAR(read_doc,
+"read($self, /)\n--\n\n"
+"(fields, rows, (remainder_packets, remainder_bytes)), all taken at one instant: rows as in\n"
+"snapshot(), keyed by `fields` (which relabel() may change), the remainder as `overflow`. The\n"
+"packets (and bytes) of rows plus remainder are everything folded, and only grow until clear().");
+
+static PyObject *aggregator_read(AggregatorObject *self, PyObject *unused)
+{
+	struct agg_copy c;
+	PyObject *fields, *rows;
+	(void)unused;
+
+	if (check_ready(self) < 0 || take_copy(self, &c) < 0)
+		return NULL;
+	fields = PyTuple_New(c.nfields);
+	for (int i = 0; fields && i < c.nfields; i++) {
+		PyObject *name = PyUnicode_FromString(agg_field_names[c.order[i]]);
+		if (!name)
+			Py_CLEAR(fields);
+		else
+			PyTuple_SET_ITEM(fields, i, name);
+	}
+	rows = fields ? copy_rows(&c) : NULL;
+	free(c.entries);
+	if (!rows) {
+		Py_XDECREF(fields);
+		return NULL;
+	}
+	return Py_BuildValue("(NN(KK))", fields, rows, c.overflow_packets, c.overflow_bytes);
+}
+
+PyDoc_STRVAR(tick_doc,
+"tick($self, /, now=None)\n--\n\n"
+"Advance the aggregator's clock (whole seconds; None: CLOCK_MONOTONIC_COARSE since it was made;\n"
+"never backwards) and, at most once a second, sweep: expire entries idle for ttl, decay the rate\n"
+"estimates every `decay` seconds, refill the displacement allowance, choose the next victims.\n"
+"A reader calls it between aggregate() calls; records are stamped with the clock of the last tick.");
+
+static PyObject *aggregator_tick(AggregatorObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"now", NULL};
+	PyObject *now_obj = Py_None;
+	long long now;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:tick", kwlist, &now_obj))
+		return NULL;
+	if (check_ready(self) < 0)
+		return NULL;
+	if (now_obj == Py_None) {
+		now = (long long)(monotonic_seconds() - self->clock_base);
+	} else {
+		now = PyLong_AsLongLong(now_obj);
+		if (now == -1 && PyErr_Occurred())
+			return NULL;
+	}
+	if (now < 0 || now > (long long)UINT32_MAX)
+		return PyErr_Format(PyExc_ValueError, "now must be within 0..%lu seconds",
+				    (unsigned long)UINT32_MAX);
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	agg_tick(&self->t, (uint32_t)now);
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(relabel_doc,
+"relabel($self, fields, /)\n--\n\n"
+"Key by other fields from now on, atomically: every row's counts move into the remainder (the\n"
+"overflow), so no record is lost and no sum goes down; records folded after it use the new key.");
+
+static PyObject *aggregator_relabel(AggregatorObject *self, PyObject *fields)
+{
+	int order[F_NFIELDS];
+	uint32_t mask;
+	PyObject *seq, *old;
+
+	if (check_ready(self) < 0)
+		return NULL;
+	seq = parse_fields(fields, &mask, order);
+	if (!seq)
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	agg_relabel(&self->t, mask);
+	memcpy(self->order, order, sizeof(order));
+	self->nfields = (int)PyTuple_GET_SIZE(seq);
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	old = self->fields;
+	self->fields = seq;
+	Py_XDECREF(old);
+	Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(clear_doc,
@@ -287,6 +447,8 @@ static PyObject *aggregator_clear(AggregatorObject *self, PyObject *unused)
 static PyObject *read_locked(AggregatorObject *self, int which)
 {
 	unsigned long long a = 0, b = 0;
+	struct agg_churn churn;
+	memset(&churn, 0, sizeof(churn));
 	if (check_ready(self) < 0)
 		return NULL;
 	Py_BEGIN_ALLOW_THREADS
@@ -294,11 +456,31 @@ static PyObject *read_locked(AggregatorObject *self, int which)
 	switch (which) {
 	case 0: a = self->t.nentries; break;
 	case 1: a = self->t.overflow_packets; b = self->t.overflow_bytes; break;
-	default: a = self->t.records; break;
+	case 2: a = self->t.records; break;
+	default: churn = self->t.churn; break;
 	}
 	pthread_mutex_unlock(&self->t.lock);
 	Py_END_ALLOW_THREADS
+	if (which == 3)
+		return Py_BuildValue("(KKKK)", (unsigned long long)churn.admitted,
+				     (unsigned long long)churn.expired,
+				     (unsigned long long)churn.displaced,
+				     (unsigned long long)churn.remainder_records);
 	return which == 1 ? Py_BuildValue("(KK)", a, b) : PyLong_FromUnsignedLongLong(a);
+}
+
+static PyObject *get_churn(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return read_locked(self, 3);
+}
+
+static PyObject *get_policy(AggregatorObject *self, void *c)
+{
+	(void)c;
+	const struct agg_policy *p = &self->t.policy;
+	return Py_BuildValue("{sIsIsIsI}", "ttl", p->ttl, "min_residency", p->min_residency,
+			     "admit_rate", p->admit_rate, "decay", p->decay);
 }
 
 static PyObject *get_keys(AggregatorObject *self, void *c)
@@ -345,13 +527,23 @@ static PyObject *get_budget(AggregatorObject *self, void *c)
 static PyMethodDef aggregator_methods[] = {
 	{"snapshot", (PyCFunction)aggregator_snapshot, METH_NOARGS, snapshot_doc},
 	{"clear", (PyCFunction)aggregator_clear, METH_NOARGS, clear_doc},
+	{"read", (PyCFunction)aggregator_read, METH_NOARGS, read_doc},
+	{"tick", (PyCFunction)(void (*)(void))aggregator_tick, METH_VARARGS | METH_KEYWORDS, tick_doc},
+	{"relabel", (PyCFunction)aggregator_relabel, METH_O, relabel_doc},
 	{NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef aggregator_getset[] = {
 	{"keys", (getter)get_keys, NULL, PyDoc_STR("Distinct keys held."), NULL},
 	{"overflow", (getter)get_overflow, NULL,
-	 PyDoc_STR("(packets, bytes) of records whose new key was over a limit."), NULL},
+	 PyDoc_STR("(packets, bytes) of the remainder: records whose key had no row, and the counts of\n"
+		   "rows that expired, were displaced or relabelled."), NULL},
+	{"churn", (getter)get_churn, NULL,
+	 PyDoc_STR("(admitted, expired, displaced, remainder_records): rows made, rows expired, rows\n"
+		   "displaced by a heavier key, records counted in the remainder on arrival."), NULL},
+	{"policy", (getter)get_policy, NULL,
+	 PyDoc_STR("The budget policy: {'ttl', 'min_residency', 'admit_rate', 'decay'} in seconds\n"
+		   "(admit_rate: displacements per second)."), NULL},
 	{"records", (getter)get_records, NULL, PyDoc_STR("Records folded in all."), NULL},
 	{"fields", (getter)get_fields, NULL, PyDoc_STR("The key fields, in order."), NULL},
 	{"max_keys", (getter)get_max_keys, NULL, PyDoc_STR("This aggregator's own key limit."), NULL},
@@ -360,10 +552,15 @@ static PyGetSetDef aggregator_getset[] = {
 };
 
 PyDoc_STRVAR(aggregator_doc,
-"Aggregator(fields, max_keys=65536, budget=None)\n--\n\n"
+"Aggregator(fields, max_keys=65536, budget=None, *, ttl=0, min_residency=20, admit_rate=10,\n"
+"           decay=10)\n--\n\n"
 "Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by\n"
-"Nflog.aggregate() in C with the GIL released; read with snapshot(). A record whose key is new\n"
-"when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`.\n"
+"Nflog.aggregate() in C with the GIL released; read with read() or snapshot(). A record whose key\n"
+"is new when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`\n"
+"(the remainder), unless its key is heavy enough to displace a row (see README: series budget).\n"
+"Rows idle for ttl seconds (0: never) expire into the remainder at a tick(). A row admitted\n"
+"min_residency seconds ago or more may be displaced by a key whose estimated rate is more than\n"
+"twice its own, at most admit_rate times a second (0: never); rates decay by half every decay s.\n"
 "Bytes are the IP header's total length, so they are right whatever the copy range, as long as\n"
 "the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload\n"
 "(COPY_META, COPY_NONE) adds 0 bytes.");
