@@ -397,6 +397,40 @@ static PyObject *aggregator_tick(AggregatorObject *self, PyObject *args, PyObjec
 	Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(set_policy_doc,
+"set_policy($self, /, *, ttl=None, min_residency=None, admit_rate=None, decay=None)\n--\n\n"
+"Change the budget policy (None keeps a value); the rows stay.");
+
+static PyObject *aggregator_set_policy(AggregatorObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"ttl", "min_residency", "admit_rate", "decay", NULL};
+	PyObject *v[4] = {Py_None, Py_None, Py_None, Py_None};
+	struct agg_policy p;
+	uint32_t *dst[4] = {&p.ttl, &p.min_residency, &p.admit_rate, &p.decay};
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO:set_policy", kwlist, &v[0], &v[1], &v[2],
+					 &v[3]))
+		return NULL;
+	if (check_ready(self) < 0)
+		return NULL;
+	p = self->t.policy;  /* written only here, with the GIL held */
+	for (int i = 0; i < 4; i++) {
+		if (v[i] == Py_None)
+			continue;
+		Py_ssize_t n = PyNumber_AsSsize_t(v[i], PyExc_OverflowError);
+		if (n == -1 && PyErr_Occurred())
+			return NULL;
+		if (seconds_arg(n, kwlist[i], dst[i]) < 0)
+			return NULL;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	self->t.policy = p;
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(relabel_doc,
 "relabel($self, fields, /)\n--\n\n"
 "Key by other fields from now on, atomically: every row's counts move into the remainder (the\n"
@@ -530,6 +564,8 @@ static PyMethodDef aggregator_methods[] = {
 	{"read", (PyCFunction)aggregator_read, METH_NOARGS, read_doc},
 	{"tick", (PyCFunction)(void (*)(void))aggregator_tick, METH_VARARGS | METH_KEYWORDS, tick_doc},
 	{"relabel", (PyCFunction)aggregator_relabel, METH_O, relabel_doc},
+	{"set_policy", (PyCFunction)(void (*)(void))aggregator_set_policy, METH_VARARGS | METH_KEYWORDS,
+	 set_policy_doc},
 	{NULL, NULL, 0, NULL},
 };
 

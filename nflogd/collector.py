@@ -89,11 +89,17 @@ class RecordCounters:
         totals: dict[str, list[int]] = {}
         wanted = fields_for(cfg.labels)
         for w in workers:
-            agg, gcfg = w.aggregator, w.cfg
-            fields = agg.fields
+            gcfg = w.cfg
+            # Rows and remainder at one instant: their sum is exactly what the group received.
+            fields, rows, (over_packets, over_bytes) = w.aggregator.read()
             if fields != wanted:
-                continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
-            for key, packets, nbytes in agg.snapshot():
+                # A reload is between relabelling the aggregators and publishing the config:
+                # the rows' labels cannot be named yet, so the group's whole count shows in its
+                # remainder series for this scrape (sums stay exact and nothing goes down).
+                over_packets += sum(r[1] for r in rows)
+                over_bytes += sum(r[2] for r in rows)
+                rows = []
+            for key, packets, nbytes in rows:
                 ck = (gcfg.group, key)
                 labels = cache.get(ck)
                 if labels is None:
@@ -104,7 +110,6 @@ class RecordCounters:
                 else:
                     acc[0] += packets
                     acc[1] += nbytes
-            over_packets, over_bytes = agg.overflow
             if over_packets:
                 acc = totals.setdefault(self._overflow_labels(cfg, gcfg), [0, 0])
                 acc[0] += over_packets
@@ -185,13 +190,24 @@ class HealthCollector:
             labels=g), lambda s: 1 if s.bound else 0)
 
         cfg = self._config()
+        churn = [(str(w.cfg.group), w.aggregator.churn) for w in workers]
         budget_used = sum(w.aggregator.keys for w in workers)
-        overflow = self._retired_overflow() + sum(w.aggregator.overflow[0] for w in workers)
+        overflow = self._retired_overflow() + sum(c[3] for _, c in churn)
         yield GaugeMetricFamily("nflogd_series", "Distinct label sets in use.", value=budget_used)
         yield GaugeMetricFamily("nflogd_series_limit", "The max_series limit.", value=cfg.max_series)
         yield CounterMetricFamily("nflogd_series_overflow_records",
-                                  "Records counted in the overflow series because max_series "
-                                  "was reached.", value=overflow)
+                                  "Records counted in the remainder (__overflow__) series on "
+                                  "arrival because their label set had no series.", value=overflow)
+        for name, index, text in (
+                ("admitted", 0, "Series created: label sets given a place in max_series."),
+                ("expired", 1, "Series ended after series_ttl without a record; their counts "
+                               "moved into the group's __overflow__ series."),
+                ("displaced", 2, "Series ended to make room for a heavier label set; their "
+                                 "counts moved into the group's __overflow__ series.")):
+            family = CounterMetricFamily(f"nflogd_series_{name}", text, labels=["group"])
+            for group, c in churn:
+                family.add_metric([group], c[index])
+            yield family
         yield GaugeMetricFamily("nflogd_config_last_reload_successful",
                                 "1 when the last configuration load succeeded.",
                                 value=1 if self._reload.successful else 0)

@@ -66,7 +66,7 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, gcfg: GroupConfig, cfg: Config) -> GroupWorker:
-        return GroupWorker(gcfg, fields_for(cfg.labels), self.budget)
+        return GroupWorker(gcfg, fields_for(cfg.labels), self.budget, cfg.series_ttl)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
@@ -209,7 +209,8 @@ class Daemon:
             w = self.workers.get(group)
             if w is not None:
                 w.reconfigure(gcfg)  # in place: the group stays bound, nothing is lost
-                w.relabel(fields)
+                w.relabel(fields)  # atomic: the old rows' counts move into the remainder
+                w.set_series_ttl(new.series_ttl)
                 continue
             w = self._new_worker(gcfg, new)
             try:
@@ -224,7 +225,7 @@ class Daemon:
         w = self.workers.pop(group)
         w.stop()
         w.join(2.0)
-        self._retired_overflow += w.aggregator.overflow[0]
+        self._retired_overflow += w.aggregator.churn[3]  # records that arrived in its remainder
         w.aggregator.clear()  # give its keys back to the shared budget now, not at garbage collection
         log.info("group %d: removed", group)
 

@@ -78,11 +78,12 @@ class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
     def __init__(self, cfg: GroupConfig, fields: tuple[str, ...],
-                 budget: nflog.SeriesBudget) -> None:
+                 budget: nflog.SeriesBudget, series_ttl: int = 0) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
         self._budget = budget
-        self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget)
+        self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget,
+                                           ttl=series_ttl)
         self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
         self._handle: nflog.Nflog | None = None
         self._totals = _Totals()
@@ -91,7 +92,6 @@ class GroupWorker(threading.Thread):
         self._restarts = 0
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
-        self._next_fields: tuple[str, ...] | None = None
         self._heartbeat = time.monotonic()
         # For testing the watchdog only: this group's worker stops beating once running.
         self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
@@ -124,8 +124,13 @@ class GroupWorker(threading.Thread):
                 h.close()  # wakes aggregate(); the loop binds again with the new settings
 
     def relabel(self, fields: tuple[str, ...]) -> None:
-        """Count by other fields from now on; the worker swaps its Aggregator between two reads."""
-        self._next_fields = fields
+        """Count by other fields from now on. Atomic in C, under the table's lock: what the rows
+        counted moves into the group's remainder, so no record is ever in no series."""
+        if fields != self.aggregator.fields:
+            self.aggregator.relabel(fields)
+
+    def set_series_ttl(self, seconds: int) -> None:
+        self.aggregator.set_policy(ttl=seconds)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -172,20 +177,11 @@ class GroupWorker(threading.Thread):
                                            or self._last_message_time)
                 self._handle = None
 
-    def _swap_aggregator(self) -> None:
-        """Called by the worker thread only, between two aggregate() calls, so no record is
-        folded into an aggregator that is already gone."""
-        fields, self._next_fields = self._next_fields, None
-        if fields is not None and fields != self.aggregator.fields:
-            old = self.aggregator
-            old.clear()  # its keys go back to the shared budget first
-            self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=self._budget)
-
     def run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
-            self._swap_aggregator()
+            self.aggregator.tick()
             h = self._handle
             if h is None or h.closed:
                 if h is not None:
@@ -223,7 +219,7 @@ class GroupWorker(threading.Thread):
                 return
             h.aggregate(self.aggregator, timeout=WAIT_SECONDS)
             self._heartbeat = time.monotonic()
-            self._swap_aggregator()
+            self.aggregator.tick()  # the budget's clock and sweep: once a call, not per record
             if h.lost != lost_seen:
                 lost_seen = h.lost
                 self._grow_rcvbuf(h)
