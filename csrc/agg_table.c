@@ -86,8 +86,26 @@ int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_b
 	t->slots = calloc(t->nslots, sizeof(*t->slots));
 	if (!t->slots)
 		return -ENOMEM;
+	t->clock_base = 0;
+	t->clock_base = (time_t)agg_clock_read(t);
 	pthread_mutex_init(&t->lock, NULL);
 	return 0;
+}
+
+uint32_t agg_clock_read(const struct agg_table *t)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  /* vDSO, no syscall: cheap per datagram */
+	return (uint32_t)(ts.tv_sec - t->clock_base);
+}
+
+void agg_clock(struct agg_table *t)
+{
+	if (!t->manual_clock) {
+		uint32_t now = agg_clock_read(t);
+		if (now > t->now)
+			t->now = now;
+	}
 }
 
 static void release_keys(struct agg_table *t, size_t n)
@@ -403,7 +421,8 @@ void agg_tick(struct agg_table *t, uint32_t now)
 	/* Backwards, so the entry that remove_entry() moves into place i was already seen. */
 	for (size_t i = t->nentries; i-- > 0;) {
 		struct agg_entry *e = &t->entries[i];
-		if (p->ttl && t->now - e->last_seen >= p->ttl) {
+		/* Whole seconds, stamps truncated: "> ttl" means idle for more than ttl seconds. */
+		if (p->ttl && t->now - e->last_seen > p->ttl) {
 			remove_entry(t, i);
 			release_keys(t, 1);
 			t->churn.expired++;

@@ -11,6 +11,7 @@
 #define NFLOGD_AGG_TABLE_H
 
 #include <pthread.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -102,7 +103,9 @@ struct agg_table {
 	size_t nentries, capacity;
 	uint64_t overflow_packets, overflow_bytes, records;  /* overflow_*: the remainder series */
 	struct agg_policy policy;
-	uint32_t now;               /* coarse clock, seconds, from agg_tick() */
+	uint32_t now;               /* coarse clock, seconds since clock_base (agg_clock, agg_tick) */
+	time_t clock_base;          /* CLOCK_MONOTONIC_COARSE second that is the table's second 0 */
+	bool manual_clock;          /* a test drives the clock: agg_clock() leaves it alone */
 	uint32_t swept, decayed;    /* now at the last sweep and the last decay */
 	uint32_t tokens;            /* displacements allowed until the next refill */
 	uint32_t *sketch;           /* AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH, allocated on first need */
@@ -112,12 +115,17 @@ struct agg_table {
 	struct agg_churn churn;
 };
 
+/* Policy all zero: no expiry, no displacement (set t->policy after init). */
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
 void agg_destroy(struct agg_table *t);
 /* Count one record; the caller holds t->lock. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec);
 /* Drop all keys (returning them to the budget) and zero every counter. */
 void agg_clear(struct agg_table *t);
+/* Read the coarse clock into t->now: once per datagram, by the reader (records are stamped with it). */
+void agg_clock(struct agg_table *t);
+/* The coarse clock's second now, relative to the table's second 0. */
+uint32_t agg_clock_read(const struct agg_table *t);
 /* Advance the clock to `now` (seconds, never backwards) and, once per second at most, sweep: expire
  * idle entries, decay the estimates, refill the admission tokens, choose the next victims. Amortised:
  * one pass over the entries per second, none per record. */

@@ -19,7 +19,6 @@ typedef struct {
 	PyObject *fields;            /* tuple of names, in the caller's order */
 	int order[F_NFIELDS];        /* field ids in that order; written under t.lock (relabel) */
 	int nfields;
-	time_t clock_base;           /* CLOCK_MONOTONIC second that is the table's second 0 */
 } AggregatorObject;
 
 /* ---- SeriesBudget ------------------------------------------------------------------------- */
@@ -138,13 +137,6 @@ static int seconds_arg(Py_ssize_t v, const char *name, uint32_t *out)
 	return 0;
 }
 
-static time_t monotonic_seconds(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return ts.tv_sec;
-}
-
 static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = {"fields", "max_keys", "budget", "ttl", "min_residency", "admit_rate",
@@ -188,7 +180,6 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 	self->t.policy = policy;
 	memcpy(self->order, order, sizeof(order));
 	self->nfields = (int)PyTuple_GET_SIZE(seq);
-	self->clock_base = monotonic_seconds();
 	self->fields = seq;
 	if (budget != Py_None) {
 		Py_INCREF(budget);
@@ -364,10 +355,11 @@ static PyObject *aggregator_read(AggregatorObject *self, PyObject *unused)
 
 PyDoc_STRVAR(tick_doc,
 "tick($self, /, now=None)\n--\n\n"
-"Advance the aggregator's clock (whole seconds; None: CLOCK_MONOTONIC_COARSE since it was made;\n"
-"never backwards) and, at most once a second, sweep: expire entries idle for ttl, decay the rate\n"
+"Advance the aggregator's clock (whole seconds; None: CLOCK_MONOTONIC_COARSE since it was made,\n"
+"as aggregate() reads it once per datagram; a number: a test's clock from then on, which\n"
+"aggregate() leaves alone; never backwards) and, at most once a second, sweep: expire entries idle for ttl, decay the rate\n"
 "estimates every `decay` seconds, refill the displacement allowance, choose the next victims.\n"
-"A reader calls it between aggregate() calls; records are stamped with the clock of the last tick.");
+"A reader calls it between aggregate() calls.");
 
 static PyObject *aggregator_tick(AggregatorObject *self, PyObject *args, PyObject *kw)
 {
@@ -380,18 +372,24 @@ static PyObject *aggregator_tick(AggregatorObject *self, PyObject *args, PyObjec
 	if (check_ready(self) < 0)
 		return NULL;
 	if (now_obj == Py_None) {
-		now = (long long)(monotonic_seconds() - self->clock_base);
+		now = -2;  /* read under the lock */
 	} else {
 		now = PyLong_AsLongLong(now_obj);
 		if (now == -1 && PyErr_Occurred())
 			return NULL;
 	}
-	if (now < 0 || now > (long long)UINT32_MAX)
+	if ((now < 0 && now != -2) || now > (long long)UINT32_MAX)
 		return PyErr_Format(PyExc_ValueError, "now must be within 0..%lu seconds",
 				    (unsigned long)UINT32_MAX);
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->t.lock);
-	agg_tick(&self->t, (uint32_t)now);
+	if (now == -2) {
+		agg_clock(&self->t);
+		agg_tick(&self->t, self->t.now);
+	} else {
+		self->t.manual_clock = true;
+		agg_tick(&self->t, (uint32_t)now);
+	}
 	pthread_mutex_unlock(&self->t.lock);
 	Py_END_ALLOW_THREADS
 	Py_RETURN_NONE;
