@@ -159,7 +159,26 @@ class Aggregator:
     (COPY_META, COPY_NONE) adds 0 bytes."""
 
     def __init__(self, fields: Iterable[str], max_keys: int = 65536,
-                 budget: Optional[SeriesBudget] = None) -> None: ...
+                 budget: Optional[SeriesBudget] = None, *, ttl: int = 0, min_residency: int = 20,
+                 admit_rate: int = 10, decay: int = 10) -> None: ...
+    def read(self) -> Tuple[Tuple[str, ...], list[Tuple[Tuple[_KeyValue, ...], int, int]],
+                            Tuple[int, int]]:
+        """(fields, rows, (remainder_packets, remainder_bytes)), all taken at one instant: rows as in
+        snapshot(), keyed by `fields` (which relabel() may change), the remainder as `overflow`."""
+    def tick(self, now: Optional[int] = None) -> None:
+        """Advance the clock (whole seconds) and, at most once a second, sweep: expire, decay, refill
+        the displacement allowance, choose the next victims."""
+    def relabel(self, fields: Iterable[str]) -> None:
+        """Key by other fields from now on, atomically: every row's counts move into the remainder."""
+    def set_policy(self, *, ttl: Optional[int] = None, min_residency: Optional[int] = None,
+                   admit_rate: Optional[int] = None, decay: Optional[int] = None) -> None:
+        """Change the budget policy (None keeps a value); the rows stay."""
+    @property
+    def churn(self) -> Tuple[int, int, int, int]:
+        """(admitted, expired, displaced, remainder_records)."""
+    @property
+    def policy(self) -> dict[str, int]:
+        """{'ttl', 'min_residency', 'admit_rate', 'decay'}."""
     def snapshot(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
         """Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order
         given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface
@@ -173,7 +192,8 @@ class Aggregator:
         """Distinct keys held."""
     @property
     def overflow(self) -> Tuple[int, int]:
-        """(packets, bytes) of records whose new key was over a limit."""
+        """(packets, bytes) of the remainder: records whose key had no row, and the counts of rows
+        that expired, were displaced or relabelled."""
     @property
     def records(self) -> int:
         """Records folded in all."""

@@ -200,10 +200,10 @@ class HealthCollector:
                                   "arrival because their label set had no series.", value=overflow)
         for name, index, text in (
                 ("admitted", 0, "Series created: label sets given a place in max_series."),
-                ("expired", 1, "Series ended after series_ttl without a record; their counts "
-                               "moved into the group's __overflow__ series."),
-                ("displaced", 2, "Series ended to make room for a heavier label set; their "
-                                 "counts moved into the group's __overflow__ series.")):
+                ("expired", 1, ("Series ended after series_ttl without a record; their counts "
+                                "moved into the group's __overflow__ series.")),
+                ("displaced", 2, ("Series ended to make room for a heavier label set; their "
+                                  "counts moved into the group's __overflow__ series."))):
             family = CounterMetricFamily(f"nflogd_series_{name}", text, labels=["group"])
             for group, c in churn:
                 family.add_metric([group], c[index])
