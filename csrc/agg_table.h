@@ -41,6 +41,9 @@ struct agg_key {
 };
 #define AGG_KEY_FIXED offsetof(struct agg_key, prefix)
 
+/* Entries move: removing one moves the last into its place (remove_entry), and relabel/clear drop
+ * them all. So never keep an entry's index or address across agg_tick, a fold of a new key,
+ * agg_relabel or agg_clear (a "same key as the last record" cache must be reset by those). */
 struct agg_entry {
 	struct agg_key key;
 	uint64_t hash;

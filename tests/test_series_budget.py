@@ -14,8 +14,15 @@ import os
 import signal
 import time
 
+import pytest
+
 from conftest import RunningDaemon, Scrape
-from netns import SYSTEM_PYTHON, Netns
+from netns import SYSTEM_PYTHON, Netns, require_root
+from nflog_support import aggregate_until, open_in
+from nflogd import nflog
+from nflogd.collector import RecordCounters
+from nflogd.config import Config, GroupConfig
+from nflogd.ifnames import InterfaceNames
 
 PACKETS = "nflog_packets_total"
 BYTES = "nflog_bytes_total"
@@ -261,3 +268,73 @@ def test_memory_stays_flat_over_a_long_random_flood(make_netns, start_daemon) ->
     print(f"{nft_total(ns)[0]} records in {elapsed:.0f} s: RSS {rss[7]} -> {rss[-1]} KiB "
           f"(max {max(rss)}; {rss}), {admitted:.0f} admitted, {expired:.0f} expired, "
           f"{displaced:.0f} displaced")
+
+
+# --- the Python face, with records from the real kernel -------------------------------------------
+
+class _Worker:
+    """What RecordCounters reads of a GroupWorker."""
+
+    def __init__(self, agg: nflog.Aggregator, group: int) -> None:
+        self.aggregator = agg
+        self.cfg = GroupConfig(group=group)
+
+
+def test_relabel_is_atomic_and_a_scrape_in_between_puts_everything_in_the_remainder(
+        make_netns) -> None:
+    require_root()
+    ns = make_netns("aggrelabel")
+    flood_rules(ns)
+    agg = nflog.Aggregator(["group", "mark"], max_keys=100)
+    counters = RecordCounters(InterfaceNames())
+    old_cfg, new_cfg = Config(labels=("group", "mark")), Config(labels=("group", "proto"))
+    with open_in(ns, 10, copyrange=64) as h:
+        for port, n in ((6002, 3), (6003, 4)):
+            ns.send_udp("127.0.0.1", port, n, 20)
+        aggregate_until(h, agg, 7)
+        assert sorted(agg.read()[1]) == [((10, 1), 3, 144), ((10, 2), 4, 192)]
+        agg.relabel(["group", "proto"])
+        assert agg.read() == (("group", "proto"), [], (7, 336)) and agg.fields == ("group", "proto")
+        assert agg.keys == 0 and agg.churn[:3] == (2, 0, 0)
+        # The config still names the old labels: the whole count shows in the old remainder.
+        text = counters.render(old_cfg, [_Worker(agg, 10)])  # type: ignore[list-item]
+        assert 'nflog_packets_total{group="10",mark="__overflow__"} 7\n' in text
+        assert text.count("nflog_packets_total{") == 1
+        ns.send_udp("127.0.0.1", 6002, 2, 20)
+        aggregate_until(h, agg, 9)
+        text = counters.render(new_cfg, [_Worker(agg, 10)])  # type: ignore[list-item]
+        assert 'nflog_packets_total{group="10",proto="udp"} 2\n' in text
+        assert 'nflog_packets_total{group="10",proto="__overflow__"} 7\n' in text
+        with pytest.raises(ValueError, match="unknown aggregation field"):
+            agg.relabel(["bogus"])
+        assert agg.fields == ("group", "proto")
+
+
+def test_expiry_with_a_test_clock(make_netns) -> None:
+    require_root()
+    ns = make_netns("aggttl")
+    flood_rules(ns)
+    agg = nflog.Aggregator(["mark"], ttl=5)
+    assert agg.policy == {"ttl": 5, "min_residency": 20, "admit_rate": 10, "decay": 10}
+    with open_in(ns, 10, copyrange=64) as h:
+        agg.tick(now=100)  # from now on the test's clock; aggregate() leaves it alone
+        ns.send_udp("127.0.0.1", 6002, 3, 20)
+        ns.send_udp("127.0.0.1", 6003, 1, 20)
+        aggregate_until(h, agg, 4)
+        agg.tick(now=104)
+        ns.send_udp("127.0.0.1", 6002, 1, 20)
+        aggregate_until(h, agg, 5)
+        agg.tick(now=105)
+        agg.tick(now=106)  # mark 2: idle 6 s > 5; mark 1: 2 s
+        assert agg.read()[1:] == ([((1,), 4, 192)], (1, 48))
+        assert agg.churn == (2, 1, 0, 0) and agg.keys == 1
+        agg.tick(now=50)  # never backwards
+        agg.set_policy(ttl=0)
+        agg.tick(now=1000)
+        assert agg.keys == 1, "ttl 0: never"
+    with pytest.raises(ValueError, match="ttl"):
+        nflog.Aggregator(["mark"], ttl=-1)
+    with pytest.raises(ValueError, match="now"):
+        agg.tick(now=-1)
+    with pytest.raises(ValueError, match="admit_rate"):
+        agg.set_policy(admit_rate=-3)
