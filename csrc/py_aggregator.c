@@ -432,7 +432,8 @@ static PyObject *aggregator_set_policy(AggregatorObject *self, PyObject *args, P
 PyDoc_STRVAR(relabel_doc,
 "relabel($self, fields, /)\n--\n\n"
 "Key by other fields from now on, atomically: every row's counts move into the remainder (the\n"
-"overflow), so no record is lost and no sum goes down; records folded after it use the new key.");
+"overflow), so no record is lost and no sum goes down; records folded after it use the new key.\n"
+"The same fields in another order keep the rows (their keys are only reordered).");
 
 static PyObject *aggregator_relabel(AggregatorObject *self, PyObject *fields)
 {
@@ -447,7 +448,9 @@ static PyObject *aggregator_relabel(AggregatorObject *self, PyObject *fields)
 		return NULL;
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->t.lock);
-	agg_relabel(&self->t, mask);
+	/* The same fields in another order key the same rows: only the order of key values changes. */
+	if (mask != self->t.fields)
+		agg_relabel(&self->t, mask);
 	memcpy(self->order, order, sizeof(order));
 	self->nfields = (int)PyTuple_GET_SIZE(seq);
 	pthread_mutex_unlock(&self->t.lock);

@@ -92,18 +92,23 @@ class RecordCounters:
             gcfg = w.cfg
             # Rows and remainder at one instant: their sum is exactly what the group received.
             fields, rows, (over_packets, over_bytes) = w.aggregator.read()
-            if fields != wanted:
-                # A reload is between relabelling the aggregators and publishing the config:
-                # the rows' labels cannot be named yet, so the group's whole count shows in its
-                # remainder series for this scrape (sums stay exact and nothing goes down).
+            # Between a reload relabelling the aggregators and publishing its config, fields
+            # differ from the config's. Reordered, the rows are named all the same (uncached:
+            # the cache is keyed by key tuples in the config's order); other fields cannot be
+            # named yet, so the group's whole count shows in its remainder series for this
+            # scrape (sums stay exact and nothing goes down).
+            reordered = fields != wanted
+            if reordered and set(fields) != set(wanted):
                 over_packets += sum(r[1] for r in rows)
                 over_bytes += sum(r[2] for r in rows)
                 rows = []
             for key, packets, nbytes in rows:
                 ck = (gcfg.group, key)
-                labels = cache.get(ck)
+                labels = None if reordered else cache.get(ck)
                 if labels is None:
-                    labels = cache[ck] = self._labels(cfg, gcfg, fields, key)
+                    labels = self._labels(cfg, gcfg, fields, key)
+                    if not reordered:
+                        cache[ck] = labels
                 acc = totals.get(labels)
                 if acc is None:
                     totals[labels] = [packets, nbytes]

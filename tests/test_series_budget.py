@@ -308,6 +308,10 @@ def test_relabel_is_atomic_and_a_scrape_in_between_puts_everything_in_the_remain
         with pytest.raises(ValueError, match="unknown aggregation field"):
             agg.relabel(["bogus"])
         assert agg.fields == ("group", "proto")
+        agg.relabel(["proto", "group"])  # the same fields reordered: the rows stay
+        assert agg.read() == (("proto", "group"), [((17, 10), 2, 96)], (7, 336))
+        # ... and a scrape with the config of the other order still names them.
+        assert counters.render(new_cfg, [_Worker(agg, 10)]) == text  # type: ignore[list-item]
 
 
 def test_expiry_with_a_test_clock(make_netns) -> None:
