@@ -167,6 +167,10 @@ static bool reserve_key(struct agg_table *t)
 		return false;
 	if (!t->budget)
 		return true;
+	/* A plain load first: under a flood the budget is full and every record would otherwise pay
+	 * for two atomic read-modify-writes on a line all groups share. */
+	if (__atomic_load_n(&t->budget->used, __ATOMIC_RELAXED) >= t->budget->limit)
+		return false;
 	if (__atomic_fetch_add(&t->budget->used, 1, __ATOMIC_RELAXED) < t->budget->limit)
 		return true;
 	__atomic_fetch_sub(&t->budget->used, 1, __ATOMIC_RELAXED);
@@ -264,33 +268,27 @@ static void remove_entry(struct agg_table *t, size_t i)
 
 /* ---- the sketch of newcomers' rates ------------------------------------------------------ */
 
-/* Adds one record of the key hashed h; returns its estimate, 0 when there is no sketch (no memory). */
+/* Adds one record of the key hashed h; returns its estimate, 0 when there is no sketch (no memory).
+ * Each row's index is 12 bits of the key hash, from bit 16 up (key_hash() mixes every bit; the
+ * slots use the low bits), so no second hash is computed per record. */
 static uint32_t sketch_add(struct agg_table *t, uint64_t h)
 {
-	size_t idx[AGG_SKETCH_DEPTH];
-	uint32_t lo = UINT32_MAX, *row;
-	uint64_t h2 = mix(h, 0x5851f42d4c957f2dull) | 1;
+	uint32_t lo = UINT32_MAX, *c[AGG_SKETCH_DEPTH];
+	uint64_t bits = h >> 16;
 
 	if (!t->sketch) {
 		t->sketch = calloc(AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH, sizeof(*t->sketch));
 		if (!t->sketch)
 			return 0;
 	}
-	/* Double hashing from the high bits (the slots use the low ones). */
-	for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++) {
-		idx[d] = ((h >> 32) + d * (h2 >> 32)) & (AGG_SKETCH_WIDTH - 1);
-		row = t->sketch + d * AGG_SKETCH_WIDTH;
-		if (row[idx[d]] < lo)
-			lo = row[idx[d]];
+	for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++, bits >>= AGG_SKETCH_BITS) {
+		c[d] = t->sketch + d * AGG_SKETCH_WIDTH + (bits & (AGG_SKETCH_WIDTH - 1));
+		lo = *c[d] < lo ? *c[d] : lo;
 	}
-	if (lo < UINT32_MAX)
-		lo++;
+	lo += lo < UINT32_MAX;
 	/* Conservative update: raise only the counters below the new estimate. */
-	for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++) {
-		row = t->sketch + d * AGG_SKETCH_WIDTH;
-		if (row[idx[d]] < lo)
-			row[idx[d]] = lo;
-	}
+	for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++)
+		*c[d] = *c[d] < lo ? lo : *c[d];
 	t->sketch_total++;
 	return lo;
 }

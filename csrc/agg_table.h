@@ -67,9 +67,11 @@ struct agg_policy {
 #define AGG_DEFAULT_DECAY 10
 
 /* The estimator of newcomers' rates: a count-min sketch, conservative update, decayed like the
- * entries' `recent`, so the two compare. SKETCH_DEPTH rows of SKETCH_WIDTH counters (64 KiB). */
+ * entries' `recent`, so the two compare. AGG_SKETCH_DEPTH rows of AGG_SKETCH_WIDTH counters
+ * (64 KiB); a row's index is AGG_SKETCH_BITS bits of the key hash (16 + 4 * 12 <= 64). */
 #define AGG_SKETCH_DEPTH 4
-#define AGG_SKETCH_WIDTH 4096
+#define AGG_SKETCH_BITS 12
+#define AGG_SKETCH_WIDTH (1u << AGG_SKETCH_BITS)
 /* A newcomer displaces the lightest eligible entry when its estimate is at least AGG_ADMIT_MIN,
  * at least AGG_MARGIN times the sketch's mean counter (collision noise) and more than AGG_MARGIN
  * times the victim's `recent`. */

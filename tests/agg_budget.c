@@ -228,7 +228,7 @@ static void flood_with_steady_key(uint32_t rate, uint32_t start, uint32_t second
 			if (i % 100 == 0 && now >= start)
 				fold(&m, steady, 60);
 			else
-				fold(&m, 1000 + next++ % (NKEYS - 1000), 60);
+				fold(&m, 1000 + (next++, rnd()) % (NKEYS - 1000), 60);
 		}
 		CHECK(m.t.churn.displaced - displaced_before <= pol.admit_rate,
 		      "%llu displacements in one second",
@@ -265,7 +265,7 @@ static void heavy_residents_stay(void)
 	for (uint32_t now = 1; now <= 120; now++) {
 		tick(&m, now);
 		for (uint32_t i = 0; i < 40000; i++)
-			fold(&m, i % 2 ? (i / 2) % 200 : 1000 + next++ % (NKEYS - 1000), 60);
+			fold(&m, i % 2 ? (i / 2) % 200 : 1000 + (next++, rnd()) % (NKEYS - 1000), 60);
 		verify(&m);
 	}
 	CHECK(m.t.churn.displaced == 100 && m.t.churn.admitted == 300,
