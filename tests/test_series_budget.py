@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import RunningDaemon, Scrape
+from conftest import RunningDaemon, Scrape, promtool_check
 from netns import SYSTEM_PYTHON, Netns, require_root
 from nflog_support import aggregate_until, open_in
 from nflogd import nflog
@@ -128,6 +128,7 @@ def test_idle_series_expire_into_the_remainder_and_the_sum_stays_exact(make_netn
         ns.send_udp("127.0.0.1", port, n, 20)
     start = time.monotonic()  # their last records were logged before this
     s = mono.settle(d, ns)
+    s0_reload = s.value("nflogd_config_last_reload_success_timestamp_seconds")
     assert [mark_value(s, m) for m in ("1", "2", "3")] == [5, 7, 9]
     assert mark_value(s, OVER) == 0
     # mark 1 stays busy; 2 and 3 fall silent: gone more than 3 s later, within 2.5 s after that
@@ -150,6 +151,14 @@ def test_idle_series_expire_into_the_remainder_and_the_sum_stays_exact(make_netn
     s = mono.settle(d, ns)
     assert mark_value(s, "2") == 4 and mark_value(s, OVER) == 16
     assert s.value("nflogd_series_admitted_total", group="10") == 4
+    # A reload to series_ttl 0 applies to the series that exist: none expires any more.
+    d.write_config("labels: [group, mark]\nseries_ttl: 0\ngroups:\n  - {group: 10, timeout: 0.1}\n")
+    d.send(signal.SIGHUP)
+    d.wait_for(lambda s: s.value("nflogd_config_last_reload_success_timestamp_seconds")
+               > s0_reload)
+    time.sleep(5)
+    s = mono.settle(d, ns)
+    assert mark_value(s, "2") == 4 and s.value("nflogd_series_expired_total", group="10") == 2
     print(f"expired after {gone_at:.1f} s (ttl 3 s), {mono.scrapes} scrapes checked")
 
 
@@ -195,6 +204,7 @@ def test_a_steady_source_gets_its_series_under_a_random_flood(make_netns, start_
     assert 1 <= displaced <= 3, displaced
     assert admitted == 50 + displaced and s.value("nflogd_series") == 50
     assert s.value("nflogd_series_overflow_records_total") > 0.9 * flood_sent - 50
+    promtool_check(s.text)
     print(f"steady source admitted after {admitted_at:.1f} s; {flood_sent} flood records, "
           f"{displaced:.0f} displaced, {mono.scrapes} scrapes checked")
 
