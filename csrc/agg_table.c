@@ -89,7 +89,25 @@ int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_b
 	t->clock_base = 0;
 	t->clock_base = (time_t)agg_clock_read(t);
 	pthread_mutex_init(&t->lock, NULL);
+	if (budget) {
+		pthread_mutex_lock(&budget->members_lock);
+		t->next_member = budget->members;
+		budget->members = t;
+		pthread_mutex_unlock(&budget->members_lock);
+	}
 	return 0;
+}
+
+void agg_budget_init(struct agg_budget *b, long limit)
+{
+	memset(b, 0, sizeof(*b));
+	b->limit = limit;
+	pthread_mutex_init(&b->members_lock, NULL);
+}
+
+void agg_budget_destroy(struct agg_budget *b)
+{
+	pthread_mutex_destroy(&b->members_lock);
 }
 
 uint32_t agg_clock_read(const struct agg_table *t)
@@ -150,6 +168,15 @@ void agg_destroy(struct agg_table *t)
 {
 	if (!t->slots)
 		return;
+	if (t->budget) {
+		pthread_mutex_lock(&t->budget->members_lock);
+		for (struct agg_table **p = &t->budget->members; *p; p = &(*p)->next_member)
+			if (*p == t) {
+				*p = t->next_member;
+				break;
+			}
+		pthread_mutex_unlock(&t->budget->members_lock);
+	}
 	agg_clear(t);
 	free(t->slots);
 	free(t->entries);
@@ -293,35 +320,67 @@ static uint32_t sketch_add(struct agg_table *t, uint64_t h)
 	return lo;
 }
 
-/* A record whose key has no entry: it displaces the lightest eligible entry when its key is clearly
- * heavier, else it counts in the remainder. */
+/* The lightest still-valid victim of t, or -1; stale ones (gone since the sweep) are dropped. */
+static long lightest_victim(struct agg_table *t)
+{
+	while (t->nvictims) {
+		struct agg_victim *v = &t->victims[t->nvictims - 1];
+		if (v->index < t->nentries && t->entries[v->index].hash == v->hash)
+			return (long)v->index;
+		t->nvictims--;
+	}
+	return -1;
+}
+
+/* Remove o's lightest eligible entry if est beats it, keeping its key reserved for the caller. */
+static bool displace_in(struct agg_table *o, uint32_t est)
+{
+	long i = lightest_victim(o);
+	if (i < 0 || (uint64_t)est <= (uint64_t)AGG_MARGIN * o->entries[i].recent)
+		return false;
+	o->nvictims--;
+	remove_entry(o, (size_t)i);
+	o->churn.displaced++;
+	return true;
+}
+
+/* No light entry of t's own: take one of another table sharing the budget. The caller holds
+ * t->lock; the others are only tried (trylock), so two tables doing this at once cannot
+ * deadlock, and a busy one is skipped (the next record tries again). */
+static bool displace_elsewhere(struct agg_table *t, uint32_t est)
+{
+	bool done = false;
+
+	if (!t->budget || t->nentries >= t->max_keys)
+		return false;
+	pthread_mutex_lock(&t->budget->members_lock);
+	for (struct agg_table *o = t->budget->members; o && !done; o = o->next_member) {
+		if (o == t || pthread_mutex_trylock(&o->lock) != 0)
+			continue;
+		done = displace_in(o, est);
+		pthread_mutex_unlock(&o->lock);
+	}
+	pthread_mutex_unlock(&t->budget->members_lock);
+	return done;
+}
+
+/* A record whose key has no entry: it displaces the lightest eligible entry (its own table's,
+ * else another's sharing the budget) when its key is clearly heavier, else it counts in the
+ * remainder. A displacement moves the victim's counts into its table's remainder and hands its
+ * reserved key to the newcomer, so the count of held keys never changes on the way. */
 static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
 		     const struct nfd_record *rec)
 {
 	uint32_t est;
 
 	if (t->policy.admit_rate && (est = sketch_add(t, h)) >= AGG_ADMIT_MIN && t->tokens &&
-	    est >= AGG_MARGIN * (t->sketch_total / AGG_SKETCH_WIDTH)) {
-		while (t->nvictims) {
-			struct agg_victim *v = &t->victims[t->nvictims - 1];
-			if (v->index < t->nentries && t->entries[v->index].hash == v->hash)
-				break;
-			t->nvictims--;  /* gone since the sweep */
+	    est >= AGG_MARGIN * (t->sketch_total / AGG_SKETCH_WIDTH) &&
+	    (displace_in(t, est) || displace_elsewhere(t, est))) {
+		if (insert_entry(t, key, h, rec, est) == 0) {
+			t->tokens--;
+			return;
 		}
-		if (t->nvictims) {
-			size_t i = t->victims[t->nvictims - 1].index;
-			if ((uint64_t)est > (uint64_t)AGG_MARGIN * t->entries[i].recent) {
-				t->nvictims--;
-				remove_entry(t, i);
-				/* Its key is reused: the count of held keys does not change. */
-				if (insert_entry(t, key, h, rec, est) == 0) {
-					t->tokens--;
-					t->churn.displaced++;
-					return;
-				}
-				release_keys(t, 1);
-			}
-		}
+		release_keys(t, 1);
 	}
 	t->overflow_packets++;
 	t->overflow_bytes += rec->ip_len;

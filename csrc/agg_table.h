@@ -91,17 +91,27 @@ struct agg_churn {
 	uint64_t remainder_records;  /* records counted in the remainder on arrival */
 };
 
-/* A limit on keys shared by several tables (the daemon's max_series across groups). */
+struct agg_table;
+
+/* A limit on keys shared by several tables (the daemon's max_series across groups). Its members
+ * let a table with no light entry of its own displace another table's lightest (see no_entry):
+ * a flood in one group cannot starve the others' heavy label sets. */
 struct agg_budget {
 	long limit;
-	long used;  /* atomic */
+	long used;                      /* atomic */
+	pthread_mutex_t members_lock;   /* taken after a table's lock, never before */
+	struct agg_table *members;      /* linked by agg_table.next_member */
 };
+
+void agg_budget_init(struct agg_budget *b, long limit);
+void agg_budget_destroy(struct agg_budget *b);
 
 struct agg_table {
 	pthread_mutex_t lock;
 	uint32_t fields;            /* bit per enum agg_field */
 	size_t max_keys;
 	struct agg_budget *budget;  /* may be NULL */
+	struct agg_table *next_member;  /* in budget->members */
 	uint32_t *slots;            /* open addressing: index + 1 into entries; 0 = empty */
 	size_t nslots;              /* power of two */
 	struct agg_entry *entries;  /* dense, in insertion order */

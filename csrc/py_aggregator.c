@@ -44,6 +44,23 @@ static int budget_set_limit(BudgetObject *self, PyObject *v, void *c)
 	return 0;
 }
 
+static PyObject *budget_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	BudgetObject *self = (BudgetObject *)type->tp_alloc(type, 0);
+	(void)args;
+	(void)kw;
+	if (self)
+		agg_budget_init(&self->b, 0);
+	return (PyObject *)self;
+}
+
+static void budget_dealloc(BudgetObject *self)
+{
+	/* Aggregators hold a reference: no member is left by now. */
+	agg_budget_destroy(&self->b);
+	SELF_FREE(self);
+}
+
 static int budget_init(BudgetObject *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = {"limit", NULL};
@@ -78,7 +95,8 @@ PyTypeObject SeriesBudgetType = {
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_doc = budget_doc,
 	.tp_init = (initproc)budget_init,
-	.tp_new = PyType_GenericNew,
+	.tp_new = budget_new,
+	.tp_dealloc = (destructor)budget_dealloc,
 	.tp_getset = budget_getset,
 };
 

@@ -10,7 +10,8 @@
  * - displacements per second stay within admit_rate; a row expires at the first sweep more
  *   than ttl seconds after its last record's stamp, never before.
  * Scenarios: random operations, a random flood with a steady key (admitted in time), expiry,
- * relabel, a long flood (memory stays at the budget's size).
+ * relabel, a flood in one group and a steady key in another sharing the budget, a long flood
+ * (memory stays at the budget's size).
  *
  * usage: agg_budget SEED    prints "ok <checks> checks" and exits 0, or aborts. */
 #include <stdio.h>
@@ -67,7 +68,7 @@ static struct agg_entry *find(struct agg_table *t, uint32_t uid)
 static void model_init(struct model *m, long limit, struct agg_policy policy)
 {
 	memset(m, 0, sizeof(*m));
-	m->budget.limit = limit;
+	agg_budget_init(&m->budget, limit);
 	CHECK(agg_init(&m->t, 1u << F_UID, (size_t)-1, &m->budget) == 0, "init");
 	m->t.policy = policy;
 	m->present = calloc(NKEYS, sizeof(*m->present));
@@ -80,6 +81,7 @@ static void model_free(struct model *m)
 {
 	agg_destroy(&m->t);
 	CHECK(m->budget.used == 0, "budget not returned: %ld", m->budget.used);
+	agg_budget_destroy(&m->budget);
 	free(m->present);
 	free(m->held);
 	free(m->since);
@@ -329,6 +331,7 @@ static void relabel(void)
 	CHECK(m.t.nentries == 1 && m.t.entries[0].packets == 1, "new key after relabel");
 	CHECK(m.t.overflow_packets + 1 == 1001, "sum after relabel");
 	agg_destroy(&m.t);
+	agg_budget_destroy(&m.budget);
 	free(m.present);
 	free(m.held);
 	free(m.since);
@@ -339,9 +342,10 @@ static void long_flood(void)
 {
 	struct agg_policy pol = {.ttl = 30, .min_residency = 20, .admit_rate = 10, .decay = 10};
 	struct agg_table t;
-	struct agg_budget b = {.limit = 1000, .used = 0};
+	struct agg_budget b;
 	struct nfd_record r;
 
+	agg_budget_init(&b, 1000);
 	CHECK(agg_init(&t, 1u << F_UID, (size_t)-1, &b) == 0, "init");
 	t.policy = pol;
 	memset(&r, 0, sizeof(r));
@@ -361,6 +365,66 @@ static void long_flood(void)
 	       (unsigned long long)t.records, (unsigned long long)t.churn.admitted,
 	       (unsigned long long)t.churn.expired, (unsigned long long)t.churn.displaced);
 	agg_destroy(&t);
+	agg_budget_destroy(&b);
+}
+
+/* Two groups share a budget of 100: group A's flood holds all of it; group B's steady key (its
+ * only traffic) takes a place of A's lightest series once they are old enough. Sums stay exact
+ * in both tables. */
+static void flood_in_another_group(void)
+{
+	struct agg_policy pol = {.ttl = 900, .min_residency = AGG_DEFAULT_MIN_RESIDENCY,
+				 .admit_rate = AGG_DEFAULT_ADMIT_RATE, .decay = AGG_DEFAULT_DECAY};
+	struct agg_budget b;
+	struct agg_table a, c;
+	struct nfd_record r;
+	uint32_t admitted_at = 0;
+	uint64_t pa = 0, pc = 0, sum;
+
+	agg_budget_init(&b, 100);
+	CHECK(agg_init(&a, 1u << F_UID, (size_t)-1, &b) == 0 && agg_init(&c, 1u << F_UID, (size_t)-1, &b) == 0,
+	      "init");
+	a.policy = c.policy = pol;
+	memset(&r, 0, sizeof(r));
+	r.present = 1u << NFULA_UID;
+	r.ip_len = 60;
+	for (uint32_t now = 1; now <= 60; now++) {
+		agg_tick(&a, now);
+		agg_tick(&c, now);
+		for (uint32_t i = 0; i < 10000; i++) {
+			r.uid = 1000 + rnd() % 1000000;
+			agg_fold(&a, &r);
+			pa++;
+			if (now >= 5 && i % 100 == 0) {
+				r.uid = 7;
+				agg_fold(&c, &r);
+				pc++;
+			}
+		}
+		CHECK(b.used == (long)(a.nentries + c.nentries) && b.used <= 100, "used %ld", b.used);
+		sum = a.overflow_packets;
+		for (size_t i = 0; i < a.nentries; i++)
+			sum += a.entries[i].packets;
+		CHECK(sum == pa, "group A: %llu != %llu", (unsigned long long)sum, (unsigned long long)pa);
+		sum = c.overflow_packets;
+		for (size_t i = 0; i < c.nentries; i++)
+			sum += c.entries[i].packets;
+		CHECK(sum == pc, "group B: %llu != %llu", (unsigned long long)sum, (unsigned long long)pc);
+		if (!admitted_at && c.nentries)
+			admitted_at = now;
+		checks++;
+	}
+	CHECK(admitted_at && admitted_at - 5 <= pol.min_residency + 10, "B's key at second %u",
+	      admitted_at);
+	CHECK(c.nentries == 1 && a.nentries == 99 && a.churn.displaced == 1 && c.churn.displaced == 0,
+	      "%zu/%zu rows, %llu displaced in A", c.nentries, a.nentries,
+	      (unsigned long long)a.churn.displaced);
+	printf("flood in another group: steady key from second 5 admitted at second %u\n",
+	       admitted_at);
+	agg_destroy(&a);
+	agg_destroy(&c);
+	CHECK(b.used == 0 && b.members == NULL, "budget after destroy");
+	agg_budget_destroy(&b);
 }
 
 int main(int argc, char **argv)
@@ -378,6 +442,7 @@ int main(int argc, char **argv)
 	flood_with_steady_key(20000, 60, 80);  /* residents old enough: at once */
 	flood_with_steady_key(200, 30, 80);    /* 2 records/s */
 	heavy_residents_stay();
+	flood_in_another_group();
 	long_flood();
 	printf("ok %llu checks\n", checks);
 	return 0;

@@ -60,29 +60,34 @@ def flood_rules(ns: Netns, group: int = 10) -> None:
             udp dport 6002 meta mark set 1 counter log group {group} comment "m1"
             udp dport 6003 meta mark set 2 counter log group {group} comment "m2"
             udp dport 6004 meta mark set 3 counter log group {group} comment "m3"
+            udp dport 6005 meta mark set 4000000000 counter log group {group + 1} comment "steady11"
           }}
         }}
         """)
 
 
-def nft_total(ns: Netns) -> tuple[int, int]:
+GROUP10_RULES = ("steady", "flood", "m1", "m2", "m3")
+
+
+def nft_total(ns: Netns, rules: tuple[str, ...] = GROUP10_RULES) -> tuple[int, int]:
     c = ns.counters()
-    return sum(v[0] for v in c.values()), sum(v[1] for v in c.values())
+    return sum(c[r][0] for r in rules), sum(c[r][1] for r in rules)
 
 
 class Monotone:
     """Checks every scrape: a series present in two scrapes in a row never decreases; the group's
     sum never decreases and never exceeds what nft logged before the scrape ended."""
 
-    def __init__(self, group: str = "10") -> None:
+    def __init__(self, group: str = "10", rules: tuple[str, ...] = GROUP10_RULES) -> None:
         self.group = group
+        self.rules = rules
         self.last: dict[frozenset, float] = {}
         self.last_sum = 0.0
         self.scrapes = 0
 
     def check(self, d: RunningDaemon, ns: Netns) -> tuple[Scrape, float, int]:
         s = d.scrape()
-        logged, _ = nft_total(ns)  # after the scrape: an upper bound of what it could contain
+        logged, _ = nft_total(ns, self.rules)  # after the scrape: an upper bound of what it could contain
         now = {}
         for metric in (PACKETS, BYTES):
             for labels, v in s.series(metric, group=self.group):
@@ -99,7 +104,7 @@ class Monotone:
     def settle(self, d: RunningDaemon, ns: Netns, timeout: float = 10.0) -> Scrape:
         """Scrape (checking each) until the sum equals the nft counter; assert it does, exactly,
         packets and bytes (bytes: the IP total length nft counts too)."""
-        want = nft_total(ns)
+        want = nft_total(ns, self.rules)
         deadline = time.monotonic() + timeout
         while True:
             s, total, _ = self.check(d, ns)
@@ -162,17 +167,21 @@ def test_idle_series_expire_into_the_remainder_and_the_sum_stays_exact(make_netn
     print(f"expired after {gone_at:.1f} s (ttl 3 s), {mono.scrapes} scrapes checked")
 
 
-def test_a_steady_source_gets_its_series_under_a_random_flood(make_netns, start_daemon) -> None:
-    """max_series 50; a flood of new marks (one packet each) fills it at once; a steady source of
-    2 % of the records starts right after. Once the flood's series are 20 s old (the minimum
-    residency), the steady source displaces one: README promises within 30 s."""
+@pytest.mark.parametrize("steady_group", [10, 11])
+def test_a_steady_source_gets_its_series_under_a_random_flood(make_netns, start_daemon,
+                                                              steady_group: int) -> None:
+    """max_series 50; a flood of new marks (one packet each) into group 10 fills it at once; a
+    steady source of 2 % of the records starts right after, in group 10 or in group 11 (which
+    shares max_series and has no series of its own to give up). Once the flood's series are
+    20 s old (the minimum residency), the steady source displaces one: README promises 30 s."""
     ns = make_netns("displace")
     flood_rules(ns)
     d = start_daemon(ns, "labels: [group, mark]\nmax_series: 50\n"
-                         "groups:\n  - {group: 10, timeout: 0.1}\n")
-    mono = Monotone()
+                         "groups:\n  - {group: 10, timeout: 0.1}\n  - {group: 11, timeout: 0.1}\n")
+    steady_rule, steady_port = ("steady", 6000) if steady_group == 10 else ("steady11", 6005)
+    monos = [Monotone()] + ([Monotone("11", ("steady11",))] if steady_group == 11 else [])
     send_mix(ns, 4900, 0)  # the flood fills the budget first
-    s = mono.settle(d, ns)
+    s = monos[0].settle(d, ns)
     assert s.value("nflogd_series") == 50
     start = time.monotonic()
     admitted_at = None
@@ -180,11 +189,12 @@ def test_a_steady_source_gets_its_series_under_a_random_flood(make_netns, start_
     flood_sent = 4900
     rounds_after = 0
     while time.monotonic() - start < 60 and rounds_after < 5:
-        send_mix(ns, 4900, 49)  # 4900 flood + 100 steady
+        send_mix(ns, 4900, 49, steady_port=steady_port)  # 4900 flood + 100 steady
         flood_sent += 4900
-        s = mono.settle(d, ns)
-        steady = mark_value(s, "4000000000")
-        nft_steady = ns.counters()["steady"][0]
+        for mono in monos:
+            s = mono.settle(d, ns)
+        steady = s.total(PACKETS, group=str(steady_group), mark="4000000000")
+        nft_steady = ns.counters()[steady_rule][0]
         assert steady <= nft_steady
         if steady and admitted_at is None:
             admitted_at = time.monotonic() - start
@@ -198,15 +208,17 @@ def test_a_steady_source_gets_its_series_under_a_random_flood(make_netns, start_
     assert admitted_at is not None, f"the steady source got no series in 60 s ({flood_sent} " \
         "flood records)"
     assert admitted_at <= 45, f"admitted after {admitted_at:.1f} s"
-    displaced = s.value("nflogd_series_displaced_total", group="10")
-    admitted = s.value("nflogd_series_admitted_total", group="10")
+    displaced = s.value("nflogd_series_displaced_total", group="10")  # the flood's group
+    admitted = s.total("nflogd_series_admitted_total")
     # The flood itself never displaces: its label sets are not heavier than the sketch's noise.
     assert 1 <= displaced <= 3, displaced
+    assert s.value("nflogd_series_displaced_total", group="11") == 0
     assert admitted == 50 + displaced and s.value("nflogd_series") == 50
     assert s.value("nflogd_series_overflow_records_total") > 0.9 * flood_sent - 50
     promtool_check(s.text)
-    print(f"steady source admitted after {admitted_at:.1f} s; {flood_sent} flood records, "
-          f"{displaced:.0f} displaced, {mono.scrapes} scrapes checked")
+    print(f"steady source in group {steady_group} admitted after {admitted_at:.1f} s; "
+          f"{flood_sent} flood records, {displaced:.0f} displaced, "
+          f"{sum(m.scrapes for m in monos)} scrapes checked")
 
 
 LABEL_SETS = ("[group, mark]", "[group, proto]", "[group, hook]", "[group, family]",
