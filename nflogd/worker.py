@@ -2,8 +2,9 @@
 
 The thread spends its life inside ``Nflog.aggregate`` with the GIL released. It owns the group's
 Aggregator for its whole life, so the counters keep counting across socket restarts and reloads
-that only change socket settings. Loss seen in sequence gaps doubles the receive buffer, up to the
-configured maximum, as ulogd2 does on ENOBUFS.
+(a change of labels re-keys it in place, see relabel()). Between two aggregate() calls it ticks the
+Aggregator: the series budget's clock and its once-a-second sweep. Loss seen in sequence gaps
+doubles the receive buffer, up to the configured maximum, as ulogd2 does on ENOBUFS.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ class GroupWorker(threading.Thread):
                  budget: nflog.SeriesBudget, series_ttl: int = 0) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
-        self._budget = budget
         self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget,
                                            ttl=series_ttl)
         self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
