@@ -86,8 +86,7 @@ int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_b
 	t->slots = calloc(t->nslots, sizeof(*t->slots));
 	if (!t->slots)
 		return -ENOMEM;
-	t->clock_base = 0;
-	t->clock_base = (time_t)agg_clock_read(t);
+	t->clock_base = (time_t)agg_clock_read(t);  /* read relative to 0, as memset left it */
 	pthread_mutex_init(&t->lock, NULL);
 	if (budget) {
 		pthread_mutex_lock(&budget->members_lock);
