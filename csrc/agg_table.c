@@ -294,6 +294,8 @@ static void remove_entry(struct agg_table *t, size_t i)
 
 /* ---- the sketch of newcomers' rates ------------------------------------------------------ */
 
+_Static_assert(16 + AGG_SKETCH_DEPTH * AGG_SKETCH_BITS <= 64, "the sketch's rows need more hash bits");
+
 /* Adds one record of the key hashed h; returns its estimate, 0 when there is no sketch (no memory).
  * Each row's index is 12 bits of the key hash, from bit 16 up (key_hash() mixes every bit; the
  * slots use the low bits), so no second hash is computed per record. */
