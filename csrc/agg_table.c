@@ -147,6 +147,7 @@ void agg_clear(struct agg_table *t)
 		memset(t->sketch, 0, AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH * sizeof(*t->sketch));
 	t->sketch_total = 0;
 	t->overflow_packets = t->overflow_bytes = t->records = 0;
+	t->pressure_until = 0;
 	memset(&t->churn, 0, sizeof(t->churn));
 }
 
@@ -160,6 +161,7 @@ void agg_relabel(struct agg_table *t, uint32_t fields)
 	if (t->sketch)
 		memset(t->sketch, 0, AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH * sizeof(*t->sketch));
 	t->sketch_total = 0;
+	t->pressure_until = 0;
 	t->fields = fields;
 }
 
@@ -374,9 +376,11 @@ static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
 {
 	uint32_t est;
 
+	/* A heavy key takes a free place if there is one (under pressure, when fill tokens ran
+	 * out), else displaces. */
 	if (t->policy.admit_rate && (est = sketch_add(t, h)) >= AGG_ADMIT_MIN && t->tokens &&
 	    est >= AGG_MARGIN * (t->sketch_total / AGG_SKETCH_WIDTH) &&
-	    (displace_in(t, est) || displace_elsewhere(t, est))) {
+	    (reserve_key(t) || displace_in(t, est) || displace_elsewhere(t, est))) {
 		if (insert_entry(t, key, h, rec, est) == 0) {
 			t->tokens--;
 			return;
@@ -407,11 +411,22 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 			return;
 		}
 	}
-	/* A new key: it needs room in the table, the limits and memory; else see no_entry(). */
-	if (reserve_key(t)) {
-		if (insert_entry(t, &key, h, rec, 1) == 0)
-			return;
-		release_keys(t, 1);
+	/* A new key: it needs room in the table, the limits and memory (and, under pressure, a fill
+	 * token); else see no_entry(). */
+	bool pressed = t->policy.admit_rate && t->now < t->pressure_until;
+	if (!pressed || t->fill_tokens) {
+		if (reserve_key(t)) {
+			if (insert_entry(t, &key, h, rec, 1) == 0) {
+				t->fill_tokens -= pressed;
+				return;
+			}
+			release_keys(t, 1);
+		} else if (t->policy.admit_rate) {
+			t->pressure_until = t->now + AGG_PRESSURE_SECONDS;
+		}
+	} else {
+		/* New keys come faster than admit_rate: the pressure goes on. */
+		t->pressure_until = t->now + AGG_PRESSURE_SECONDS;
 	}
 	no_entry(t, &key, h, rec);
 }
@@ -465,6 +480,8 @@ void agg_tick(struct agg_table *t, uint32_t now)
 	t->swept = t->now;
 	tokens = t->tokens + (uint64_t)elapsed * p->admit_rate;
 	t->tokens = tokens > p->admit_rate ? p->admit_rate : (uint32_t)tokens;
+	tokens = t->fill_tokens + (uint64_t)elapsed * p->admit_rate;
+	t->fill_tokens = tokens > p->admit_rate ? p->admit_rate : (uint32_t)tokens;
 	if (p->decay && t->now - t->decayed >= p->decay) {
 		uint32_t periods = (t->now - t->decayed) / p->decay;
 		shift = periods > 31 ? 31 : periods;

@@ -77,6 +77,10 @@ struct agg_policy {
  * times the victim's `recent`. */
 #define AGG_ADMIT_MIN 8
 #define AGG_MARGIN 2
+/* Pressure: once a key was refused for want of budget, new keys fill free places (freed by
+ * expiry) at most admit_rate a second, until for this long no new key was refused or had to
+ * wait: a flood cannot churn the places at every expiry. A relabel ends it (all places are new). */
+#define AGG_PRESSURE_SECONDS 60
 /* Victims chosen per tick, lightest first (bounds the displacements between two ticks). */
 #define AGG_MAX_VICTIMS 256
 
@@ -123,6 +127,8 @@ struct agg_table {
 	bool manual_clock;          /* a test drives the clock: agg_clock() leaves it alone */
 	uint32_t swept, decayed;    /* now at the last sweep and the last decay */
 	uint32_t tokens;            /* displacements allowed until the next refill */
+	uint32_t fill_tokens;       /* new entries in free places allowed, under pressure */
+	uint32_t pressure_until;    /* now < this: a key was refused lately (AGG_PRESSURE_SECONDS) */
 	uint32_t *sketch;           /* AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH, allocated on first need */
 	uint64_t sketch_total;      /* records added to the sketch, decayed alike */
 	struct agg_victim victims[AGG_MAX_VICTIMS];  /* heaviest first; the lightest is last */

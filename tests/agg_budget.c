@@ -352,6 +352,7 @@ static void long_flood(void)
 	r.present = 1u << NFULA_UID;
 	r.ip_len = 60;
 	for (uint32_t now = 1; now <= 600; now++) {
+		uint64_t admitted = t.churn.admitted;
 		agg_tick(&t, now);
 		for (uint32_t i = 0; i < 20000; i++) {
 			r.uid = rnd();
@@ -359,13 +360,59 @@ static void long_flood(void)
 		}
 		CHECK(t.nentries <= 1000 && t.capacity <= 1024 && t.nslots <= 4096, "grew: %zu/%zu/%zu",
 		      t.nentries, t.capacity, t.nslots);
+		/* After the first fill, under pressure: at most admit_rate fills + admit_rate displacements. */
+		CHECK(now == 1 || t.churn.admitted - admitted <= 2 * pol.admit_rate,
+		      "%llu series admitted in second %u", (unsigned long long)(t.churn.admitted - admitted),
+		      now);
 	}
 	CHECK(t.churn.expired > 0, "nothing expired in a 600 s flood with ttl 30");
+	CHECK(t.churn.admitted <= 1000 + 600 * pol.admit_rate, "%llu admitted",
+	      (unsigned long long)t.churn.admitted);
 	printf("long flood: %llu records, %llu admitted, %llu expired, %llu displaced\n",
 	       (unsigned long long)t.records, (unsigned long long)t.churn.admitted,
 	       (unsigned long long)t.churn.expired, (unsigned long long)t.churn.displaced);
 	agg_destroy(&t);
 	agg_budget_destroy(&b);
+}
+
+/* Pressure: after a flood filled the budget, free places fill at admit_rate per second; once no
+ * new key has been refused or kept waiting for AGG_PRESSURE_SECONDS, first come again; a relabel
+ * ends it at once. */
+static void pressure(void)
+{
+	struct agg_policy pol = {.ttl = 5, .min_residency = 20, .admit_rate = 10, .decay = 10};
+	struct model m;
+	uint32_t now = 1;
+
+	model_init(&m, 100, pol);
+	tick(&m, now);
+	for (uint32_t k = 0; k < 1000; k++)
+		fold(&m, 1000 + k, 60);  /* fills the budget, then refused: pressure */
+	CHECK(m.t.nentries == 100, "%zu rows", m.t.nentries);
+	now += 7;
+	tick(&m, now);  /* all expire; the next 200 new keys in one second get 10 places */
+	CHECK(m.t.nentries == 0, "%zu rows", m.t.nentries);
+	for (uint32_t k = 0; k < 200; k++)
+		fold(&m, 5000 + k, 60);
+	verify(&m);
+	CHECK(m.t.nentries == 10, "%zu rows under pressure", m.t.nentries);
+	/* Quiet for AGG_PRESSURE_SECONDS: first come again. */
+	now += AGG_PRESSURE_SECONDS + 1;
+	tick(&m, now);
+	for (uint32_t k = 0; k < 50; k++)
+		fold(&m, 8000 + k, 60);
+	verify(&m);
+	CHECK(m.t.nentries == 50, "%zu rows after the pressure", m.t.nentries);
+	for (uint32_t k = 0; k < 1000; k++)
+		fold(&m, 9000 + k, 60);  /* full again: pressure */
+	agg_relabel(&m.t, 1u << F_UID);  /* same mask, but the table is re-keyed: places are new */
+	while (m.nheld)
+		model_drop(&m, m.held[0]);
+	for (uint32_t k = 0; k < 100; k++)
+		fold(&m, 20000 + k, 60);
+	verify(&m);
+	CHECK(m.t.nentries == 100, "%zu rows after a relabel", m.t.nentries);
+	model_free(&m);
 }
 
 /* Two groups share a budget of 100: group A's flood holds all of it; group B's steady key (its
@@ -442,6 +489,7 @@ int main(int argc, char **argv)
 	flood_with_steady_key(20000, 60, 80);  /* residents old enough: at once */
 	flood_with_steady_key(200, 30, 80);    /* 2 records/s */
 	heavy_residents_stay();
+	pressure();
 	flood_in_another_group();
 	long_flood();
 	printf("ok %llu checks\n", checks);
