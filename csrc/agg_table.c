@@ -413,7 +413,7 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 	}
 	/* A new key: it needs room in the table, the limits and memory (and, under pressure, a fill
 	 * token); else see no_entry(). */
-	bool pressed = t->policy.admit_rate && t->now < t->pressure_until;
+	bool pressed = t->policy.ttl && t->policy.admit_rate && t->now < t->pressure_until;
 	if (!pressed || t->fill_tokens) {
 		if (reserve_key(t)) {
 			if (insert_entry(t, &key, h, rec, 1) == 0) {
@@ -421,7 +421,7 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 				return;
 			}
 			release_keys(t, 1);
-		} else if (t->policy.admit_rate) {
+		} else if (t->policy.ttl && t->policy.admit_rate) {
 			t->pressure_until = t->now + AGG_PRESSURE_SECONDS;
 		}
 	} else {

@@ -77,9 +77,10 @@ struct agg_policy {
  * times the victim's `recent`. */
 #define AGG_ADMIT_MIN 8
 #define AGG_MARGIN 2
-/* Pressure: once a key was refused for want of budget, new keys fill free places (freed by
- * expiry) at most admit_rate a second, until for this long no new key was refused or had to
- * wait: a flood cannot churn the places at every expiry. A relabel ends it (all places are new). */
+/* Pressure (with a ttl and an admit_rate): once a key was refused for want of budget, new keys
+ * fill free places (freed by expiry, or by another table sharing the budget) at most admit_rate
+ * a second, until for this long no new key was refused or had to wait: a flood cannot churn
+ * the places at every expiry. A relabel ends it (all places are new then). */
 #define AGG_PRESSURE_SECONDS 60
 /* Victims chosen per tick, lightest first (bounds the displacements between two ticks). */
 #define AGG_MAX_VICTIMS 256
