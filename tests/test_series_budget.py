@@ -15,10 +15,10 @@ import signal
 import time
 
 import pytest
-
 from conftest import RunningDaemon, Scrape, promtool_check
 from netns import SYSTEM_PYTHON, Netns, require_root
 from nflog_support import aggregate_until, open_in
+
 from nflogd import nflog
 from nflogd.collector import RecordCounters
 from nflogd.config import Config, GroupConfig
