@@ -5,7 +5,7 @@ VENV      ?= .venv
 PREFIX    ?= /opt/nflogd
 # System packages: the build (compiler, headers, libnetfilter_log), and the real tools the tests drive.
 APT_BUILD := build-essential pkg-config python3-dev python3-venv libnetfilter-log-dev libmnl-dev
-APT_TEST  := nftables iptables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd valgrind
+APT_TEST  := nftables iptables iproute2 util-linux procps prometheus curl openssl apache2-utils systemd valgrind strace
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.built
 SOURCES := $(wildcard csrc/*.c csrc/*.h) setup.py pyproject.toml
@@ -44,3 +44,29 @@ install: build
 
 clean:
 	rm -rf $(VENV) build *.egg-info nflogd/*.so
+
+# The differential test against the real nflogr (README "The Python API"): nflogr from PyPI reads
+# records only on CPython 3.9 and 3.13, so a venv of one of those (pyenv's) holds nflogr and
+# nflogd's extension built for it, cached in $(COMPAT_VENV) until the interpreter changes.
+NFLOGR_VERSION := 0.2.12
+COMPAT_PYTHONS := 3.13.0 3.9.18
+COMPAT_VENV    ?= .venv-compat
+
+.PHONY: test-compat
+test-compat: $(STAMP_DEPS)
+	@root=$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv"); py=""; \
+	for v in $(COMPAT_PYTHONS); do \
+	  if [ -x "$$root/versions/$$v/bin/python3" ]; then py="$$root/versions/$$v/bin/python3"; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  echo "test-compat: FAILED: no CPython $(COMPAT_PYTHONS) under $$root/versions (nflogr $(NFLOGR_VERSION) reads records on no other); install one with pyenv" >&2; \
+	  exit 1; \
+	fi; \
+	stamp="$(COMPAT_VENV)/.ready-$(NFLOGR_VERSION)-$$(echo $$py | tr / _)"; \
+	if [ ! -f "$$stamp" ]; then \
+	  rm -rf $(COMPAT_VENV) && "$$py" -m venv $(COMPAT_VENV) && \
+	  $(COMPAT_VENV)/bin/pip install -q setuptools nflogr==$(NFLOGR_VERSION) && touch "$$stamp" || exit 1; \
+	fi; \
+	$(COMPAT_VENV)/bin/python setup.py -q build_ext --inplace >$(COMPAT_VENV)/build.log 2>&1 || \
+	  { cat $(COMPAT_VENV)/build.log; exit 1; }; \
+	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python tests/compat/run.py

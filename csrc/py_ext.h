@@ -9,7 +9,8 @@
 #include "agg_table.h"
 #include "record.h"
 
-extern PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError;
+extern PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError,
+	*NflogPermissionError;
 extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType;
 
 /* Raise the exception that fits a negative errno, with a message; returns NULL for `return set_error(...)`. */

@@ -13,7 +13,7 @@
 #define LIBNETFILTER_LOG_VERSION "unknown"
 #endif
 
-PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError;
+PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError, *NflogPermissionError;
 
 PyObject *set_error(int negerr, const char *fmt, ...)
 {
@@ -27,6 +27,8 @@ PyObject *set_error(int negerr, const char *fmt, ...)
 		type = NflogClosedError;
 	else if (err == EAGAIN || err == EINTR)
 		type = NflogRetryError;
+	else if (err == EPERM)  /* as OSError(EPERM, ...) would be: `except PermissionError` catches it */
+		type = NflogPermissionError;
 	va_start(ap, fmt);
 	msg = PyUnicode_FromFormatV(fmt, ap);
 	va_end(ap);
@@ -64,6 +66,20 @@ static int add_exception(PyObject *m, PyObject **slot, const char *name, PyObjec
 	return PyModule_AddObject(m, name, *slot);
 }
 
+/* NflogPermissionError is both an NflogError and a PermissionError (nflogr raises PermissionError). */
+static int add_permission_error(PyObject *m)
+{
+	PyObject *bases = PyTuple_Pack(2, NflogError, PyExc_PermissionError);
+	int r;
+	if (!bases)
+		return -1;
+	r = add_exception(m, &NflogPermissionError, "NflogPermissionError", bases,
+			  "Not permitted (EPERM): the group is bound by another socket, or root or "
+			  "CAP_NET_ADMIN is missing. Also a PermissionError.");
+	Py_DECREF(bases);
+	return r;
+}
+
 static int add_type(PyObject *m, PyTypeObject *type, const char *name)
 {
 	if (PyType_Ready(type) < 0)
@@ -85,6 +101,7 @@ PyMODINIT_FUNC PyInit__nflog(void)
 			  "The handle was closed.") < 0 ||
 	    add_exception(m, &NflogRetryError, "NflogRetryError", NflogError,
 			  "A transient failure: the call may be retried.") < 0 ||
+	    add_permission_error(m) < 0 ||
 	    add_type(m, &NflogType, "Nflog") < 0 || add_type(m, &NflogDataType, "NflogData") < 0 ||
 	    add_type(m, &AggregatorType, "Aggregator") < 0 ||
 	    add_type(m, &SeriesBudgetType, "SeriesBudget") < 0)

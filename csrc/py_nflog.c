@@ -16,13 +16,16 @@
 #define QUEUE_MAX 65536
 /* aggregate() returns after this many datagrams so the caller can react (stop, reload, heartbeat). */
 #define AGGREGATE_MAX_DATAGRAMS 256
+/* The kernel keeps twice the receive buffer asked for, capped at INT_MAX: rcvbuf reads back half of
+ * what it keeps (what was asked, as in nflogr), so larger values could not read back. */
+#define RCVBUF_MAX (INT32_MAX / 2)
 
 typedef struct {
 	PyObject_HEAD
 	struct nfd_sock sock;
 	pthread_mutex_t io_lock;
 	int closed;              /* set under the GIL, read by readers under io_lock */
-	int enobufs;
+	int enobufs_mode;        /* ENOBUFS_*; the count is sock.enobufs (the API's drops) */
 	uint16_t group;
 	PyObject *queue;         /* list of NflogData; queue[qhead:] are pending */
 	Py_ssize_t qhead;
@@ -70,16 +73,17 @@ static PyObject *raise_open_error(int r, const struct nfd_config *cfg)
 /* Check every value (the kernel acknowledges out-of-range values and ignores them: refuse them
  * here instead) and fill cfg. Returns -1 with ValueError naming the allowed range. */
 static int make_config(struct nfd_config *cfg, long group, double timeout, long qthresh,
-		       long rcvbuf, long nlbuf, int enobufs, int copymode, long copyrange, int seq)
+		       long rcvbuf, long nlbuf, int enobufs_mode, int copymode, long copyrange, int seq)
 {
 	if (group < 0 || group > 65535)
 		return PyErr_Format(PyExc_ValueError, "group %ld is out of range 0..65535", group), -1;
 	if (!(timeout >= 0.0 && timeout <= 42949672.95))
 		return PyErr_Format(PyExc_ValueError, "timeout must be within 0..42949672.95 seconds"), -1;
-	if (qthresh < 1 || qthresh > (long)UINT32_MAX)
-		return PyErr_Format(PyExc_ValueError, "qthresh %ld is out of range 1..4294967295", qthresh), -1;
-	if (rcvbuf < 0 || rcvbuf > INT32_MAX)
-		return PyErr_Format(PyExc_ValueError, "rcvbuf %ld is out of range 0..2147483647", rcvbuf), -1;
+	/* qthresh 0 works as 1: the kernel flushes once its queue holds at least qthresh records. */
+	if (qthresh < 0 || qthresh > (long)UINT32_MAX)
+		return PyErr_Format(PyExc_ValueError, "qthresh %ld is out of range 0..4294967295", qthresh), -1;
+	if (rcvbuf < 0 || rcvbuf > RCVBUF_MAX)
+		return PyErr_Format(PyExc_ValueError, "rcvbuf %ld is out of range 0..%d", rcvbuf, RCVBUF_MAX), -1;
 	if (nlbuf != 0 && (nlbuf < (long)nfd_nlbuf_min() || nlbuf > (long)NFD_NLBUF_MAX))
 		return PyErr_Format(PyExc_ValueError, "nlbuf %ld is out of range %u..%u (or 0 for the kernel default)",
 				    nlbuf, nfd_nlbuf_min(), NFD_NLBUF_MAX), -1;
@@ -89,15 +93,16 @@ static int make_config(struct nfd_config *cfg, long group, double timeout, long 
 	if (copyrange < 0 || copyrange > (long)NFD_COPY_RANGE_MAX)
 		return PyErr_Format(PyExc_ValueError, "copyrange %ld is out of range 0..%u (0 = whole packet)",
 				    copyrange, NFD_COPY_RANGE_MAX), -1;
-	if (enobufs != ENOBUFS_RAISE && enobufs != ENOBUFS_HANDLE && enobufs != ENOBUFS_DISABLE)
+	if (enobufs_mode != ENOBUFS_RAISE && enobufs_mode != ENOBUFS_HANDLE &&
+	    enobufs_mode != ENOBUFS_DISABLE)
 		return PyErr_Format(PyExc_ValueError, "enobufs %d is not one of ENOBUFS_RAISE, ENOBUFS_HANDLE, "
-				    "ENOBUFS_DISABLE", enobufs), -1;
+				    "ENOBUFS_DISABLE", enobufs_mode), -1;
 	*cfg = (struct nfd_config){
 		.group = (uint16_t)group, .copymode = (uint8_t)copymode,
 		.copyrange = (uint32_t)(copyrange ? copyrange : NFD_COPY_RANGE_MAX),
 		.nlbuf = (uint32_t)nlbuf, .qthresh = (uint32_t)qthresh,
 		.timeout = (uint32_t)lround(timeout * 100.0), .rcvbuf = (int)rcvbuf,
-		.enobufs = enobufs, .seq = seq,
+		.enobufs_mode = enobufs_mode, .seq = seq,
 	};
 	return 0;
 }
@@ -145,7 +150,7 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 	}
 	pthread_mutex_init(&self->io_lock, NULL);
 	self->group = (uint16_t)group;
-	self->enobufs = enobufs;
+	self->enobufs_mode = enobufs;
 	self->cfg = cfg;
 	self->closed = 0;
 	return 0;
@@ -217,62 +222,85 @@ static int collect_offset(void *ctx, const struct nfd_record *rec, const struct 
 	return 0;
 }
 
+/* ---- the receive path, shared by read_datagram and aggregate ------------------------------- */
+
+/* What one wait-and-receive under io_lock found; read_error() turns it into the exception. */
+struct read_status {
+	int wait;      /* nfd_sock_wait: 1 readable, 0 timed out, -errno (-ECANCELED: closed) */
+	ssize_t len;   /* the last recv_data: > 0 a datagram in sock.buf, 0 none waiting, -errno */
+	int refused;   /* a configure() the kernel refused (negative errno), taken from the socket */
+};
+
+/* The next datagram worth reading. A truncated datagram (counted, discarded) and, unless
+ * enobufs=ENOBUFS_RAISE, an ENOBUFS (counted) are no end of the data: read on, or a caller would
+ * say "nothing waiting" with the socket still full. Returns as nfd_sock_recv. io_lock held. */
+static ssize_t recv_data(HandleObject *self)
+{
+	ssize_t len;
+	do
+		len = nfd_sock_recv(&self->sock);
+	while (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs_mode != ENOBUFS_RAISE));
+	return len;
+}
+
+/* Wait up to timeout_ms for data (io_lock held, GIL released). */
+static void wait_data(HandleObject *self, int timeout_ms, struct read_status *st)
+{
+	st->len = 0;
+	st->wait = self->sock.fd < 0 ? -ECANCELED : nfd_sock_wait(&self->sock, timeout_ms);
+}
+
+/* Take a refusal of configure() the data stream carried (io_lock held). */
+static void take_refusal(HandleObject *self, struct read_status *st)
+{
+	st->refused = self->sock.config_error;
+	self->sock.config_error = 0;
+}
+
+/* Raise what st says went wrong, after io_lock is released; 0 when nothing did. What was read
+ * with a failure stays read (queued or folded). */
+static int read_error(HandleObject *self, const struct read_status *st)
+{
+	if (st->wait == -ECANCELED || self->closed)
+		return closed_error(), -1;
+	if (st->wait < 0 && st->wait != -EINTR)
+		return set_error(st->wait, "waiting on NFLOG group %u failed", self->group), -1;
+	if (st->len < 0)
+		return raise_recv_error(self, (int)st->len), -1;
+	if (st->refused)
+		return raise_refused(self, st->refused), -1;
+	if (st->wait == -EINTR && PyErr_CheckSignals() < 0)
+		return -1;
+	return 0;
+}
+
 /* Wait up to timeout_ms for one datagram and queue its records. Returns how many were queued (0 on
  * timeout or an interrupted wait) or -1 with an exception set. */
 static Py_ssize_t read_datagram(HandleObject *self, int timeout_ms)
 {
 	struct collect_ctx ctx = {self, 0};
-	ssize_t len = 0;
-	int r = 0;
+	struct read_status st;
+	int failed = 0;
 
 	if (self->closed)
 		return closed_error(), -1;
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
-	if (self->sock.fd < 0) {
-		r = -ECANCELED;
-	} else {
-		r = nfd_sock_wait(&self->sock, timeout_ms);
-		if (r > 0) {
-			/* A handled ENOBUFS or a discarded truncated datagram is not the end of the data:
-			 * read on, or next(wait=False) would say "nothing" with the queue still full. */
-			do
-				len = nfd_sock_recv(&self->sock);
-			while (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE));
-			if (len > 0)
-				nfd_sock_dispatch(&self->sock, (size_t)len, collect_offset, &ctx);
-		}
-	}
+	wait_data(self, timeout_ms, &st);
+	if (st.wait > 0 && (st.len = recv_data(self)) > 0)
+		nfd_sock_dispatch(&self->sock, (size_t)st.len, collect_offset, &ctx);
 	Py_END_ALLOW_THREADS
-	/* io_lock is still held: s->buf stays ours while the objects are built. */
-	if (r == -ECANCELED || self->closed) {
-		pthread_mutex_unlock(&self->io_lock);
-		return closed_error(), -1;
-	}
-	if (r < 0 && r != -EINTR) {
-		pthread_mutex_unlock(&self->io_lock);
-		return set_error(r, "waiting on NFLOG group %u failed", self->group), -1;
-	}
-	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE)) {
-		pthread_mutex_unlock(&self->io_lock);
-		return raise_recv_error(self, (int)len), -1;
-	}
-	for (size_t i = 0; i < ctx.n; i++) {
+	/* io_lock is still held: sock.buf stays ours while the objects are built, also when close()
+	 * raced with this read (its records are kept like every queued one). */
+	for (size_t i = 0; i < ctx.n && !failed; i++) {
 		PyObject *d = data_from_message((const struct nlmsghdr *)(self->sock.buf + self->offsets[i]),
 					       self->ifr);
-		if (!d || PyList_Append(self->queue, d) < 0) {
-			Py_XDECREF(d);
-			pthread_mutex_unlock(&self->io_lock);
-			return -1;
-		}
-		Py_DECREF(d);
+		failed = !d || PyList_Append(self->queue, d) < 0;
+		Py_XDECREF(d);
 	}
-	int refused = self->sock.config_error;
-	self->sock.config_error = 0;
+	take_refusal(self, &st);
 	pthread_mutex_unlock(&self->io_lock);
-	if (refused)  /* the records read with it stay queued for the next call */
-		return raise_refused(self, refused), -1;
-	if (r == -EINTR && PyErr_CheckSignals() < 0)
+	if (failed || read_error(self, &st) < 0)
 		return -1;
 	return (Py_ssize_t)ctx.n;
 }
@@ -296,17 +324,27 @@ static PyObject *pop_queued(HandleObject *self)
 	return d;
 }
 
-/* The next record; blocks when wait, else None when nothing is waiting. */
+/* The next record; blocks when wait, else None when nothing is waiting. Records queued before
+ * close() are still returned (as nflogr documents); after them a closed handle gives None with
+ * wait=False and raises NflogClosedError with wait=True. */
 static PyObject *next_record(HandleObject *self, int wait)
 {
 	for (;;) {
-		if (self->closed)
-			return closed_error();
 		if (queued(self) > 0)
 			return pop_queued(self);
+		if (self->closed) {
+			if (wait)
+				return closed_error();
+			Py_RETURN_NONE;
+		}
 		Py_ssize_t n = read_datagram(self, wait ? -1 : 0);
-		if (n < 0)
-			return NULL;
+		if (n < 0) {
+			/* Closed while reading: what that read queued comes first, then as above. */
+			if (!PyErr_ExceptionMatches(NflogClosedError) || !self->closed)
+				return NULL;
+			PyErr_Clear();
+			continue;
+		}
 		if (n == 0 && !wait)
 			Py_RETURN_NONE;
 	}
@@ -314,8 +352,9 @@ static PyObject *next_record(HandleObject *self, int wait)
 
 PyDoc_STRVAR(next_doc,
 "next($self, /, wait=True)\n--\n\n"
-"The next record (NflogData). With wait=False, None when none is waiting. Raises NflogClosedError\n"
-"once the handle is closed (also when close() is called from another thread while waiting).");
+"The next record (NflogData). With wait=False, None when none is waiting. Records queued before\n"
+"close() are still returned; then a closed handle gives None with wait=False and raises\n"
+"NflogClosedError with wait=True (also when close() is called from another thread while waiting).");
 
 static PyObject *handle_next(HandleObject *self, PyObject *args, PyObject *kw)
 {
@@ -329,7 +368,8 @@ static PyObject *handle_next(HandleObject *self, PyObject *args, PyObject *kw)
 PyDoc_STRVAR(queue_doc,
 "queue($self, /, wait=True)\n--\n\n"
 "Read one datagram from the socket and queue its records for next(). Returns how many records were\n"
-"queued (0 when wait=False and nothing is waiting, or when 65536 are queued already).");
+"queued: 0 when nothing is waiting and wait=False or records are queued already (it only waits\n"
+"when none are), when 65536 are queued already, or once the handle is closed.");
 
 static PyObject *handle_queue(HandleObject *self, PyObject *args, PyObject *kw)
 {
@@ -338,10 +378,9 @@ static PyObject *handle_queue(HandleObject *self, PyObject *args, PyObject *kw)
 	Py_ssize_t n;
 	if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:queue", kwlist, &wait))
 		return NULL;
-	if (self->closed)
-		return closed_error();
-	if (queued(self) >= QUEUE_MAX)
+	if (self->closed || queued(self) >= QUEUE_MAX)
 		return PyLong_FromLong(0);
+	wait = wait && queued(self) == 0;  /* as nflogr: never block while records wait to be read */
 	do {
 		n = read_datagram(self, wait ? -1 : 0);
 	} while (n == 0 && wait);
@@ -350,8 +389,8 @@ static PyObject *handle_queue(HandleObject *self, PyObject *args, PyObject *kw)
 
 PyDoc_STRVAR(loop_doc,
 "loop($self, fn, /, count=-1)\n--\n\n"
-"Call fn(data) for each record, count times (-1: until the handle is closed). An exception raised\n"
-"by fn stops the loop and propagates. Returns None.");
+"Call fn(data) for each record, count times (-1: until the handle is closed and the records\n"
+"queued before are done). An exception raised by fn stops the loop and propagates. Returns None.");
 
 static PyObject *handle_loop(HandleObject *self, PyObject *args, PyObject *kw)
 {
@@ -363,8 +402,6 @@ static PyObject *handle_loop(HandleObject *self, PyObject *args, PyObject *kw)
 	if (!PyCallable_Check(fn))
 		return PyErr_Format(PyExc_TypeError, "fn must be callable");
 	for (Py_ssize_t i = 0; count < 0 || i < count; i++) {
-		if (self->closed)
-			break;
 		PyObject *d = next_record(self, 1), *res;
 		if (!d) {
 			if (PyErr_ExceptionMatches(NflogClosedError)) {
@@ -410,8 +447,8 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 {
 	static char *kwlist[] = {"aggregator", "timeout", NULL};
 	PyObject *agg, *timeout_obj = Py_None;
-	int timeout_ms = -1, r = 0, refused = 0;
-	ssize_t len = 0;
+	int timeout_ms = -1;
+	struct read_status st;
 	size_t folded = 0;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|O:aggregate", kwlist, &AggregatorType, &agg,
@@ -434,35 +471,21 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	Py_INCREF(agg);  /* the table must outlive the unlocked section */
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
-	r = self->sock.fd < 0 ? -ECANCELED : nfd_sock_wait(&self->sock, timeout_ms);
-	for (int i = 0; r > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
-		len = nfd_sock_recv(&self->sock);
-		if (len == 0)
-			break;
-		if (len == -EMSGSIZE || (len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
-			continue;
-		if (len < 0)
+	wait_data(self, timeout_ms, &st);
+	for (int i = 0; st.wait > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
+		if ((st.len = recv_data(self)) <= 0)
 			break;
 		pthread_mutex_lock(&t->lock);
 		agg_clock(t);  /* the series budget's clock: once per datagram, not per record */
-		folded += nfd_sock_dispatch(&self->sock, (size_t)len, fold_record, t);
+		folded += nfd_sock_dispatch(&self->sock, (size_t)st.len, fold_record, t);
 		pthread_mutex_unlock(&t->lock);
 	}
-	refused = self->sock.config_error;
-	self->sock.config_error = 0;
+	take_refusal(self, &st);
 	pthread_mutex_unlock(&self->io_lock);
 	Py_END_ALLOW_THREADS
 	Py_DECREF(agg);
 
-	if (r == -ECANCELED || self->closed)
-		return closed_error();
-	if (r < 0 && r != -EINTR)
-		return set_error(r, "waiting on NFLOG group %u failed", self->group);
-	if (len < 0 && len != -EMSGSIZE && !(len == -ENOBUFS && self->enobufs != ENOBUFS_RAISE))
-		return raise_recv_error(self, (int)len);
-	if (refused)  /* what was folded stays folded */
-		return raise_refused(self, refused);
-	if (r == -EINTR && PyErr_CheckSignals() < 0)
+	if (read_error(self, &st) < 0)  /* what was folded stays folded */
 		return NULL;
 	return PyLong_FromSize_t(folded);
 }
@@ -500,7 +523,7 @@ static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *
 		copymode = -1;  /* out of range: make_config names the valid modes */
 	if (self->closed)  /* first: a handle never opened has no settings to start from */
 		return closed_error();
-	if (make_config(&cfg, cur->group, timeout, qthresh, cur->rcvbuf, nlbuf, cur->enobufs,
+	if (make_config(&cfg, cur->group, timeout, qthresh, cur->rcvbuf, nlbuf, cur->enobufs_mode,
 			(int)copymode, copyrange, cur->seq) < 0)
 		return NULL;
 	/* Under the GIL: close() flags the handle under the GIL before it closes the fd. */
@@ -515,16 +538,14 @@ static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *
 
 PyDoc_STRVAR(close_doc,
 "close($self, /)\n--\n\n"
-"Unbind the group and close the socket; wakes a thread blocked in next() or aggregate(), which then\n"
-"raises NflogClosedError. Queued records are discarded. Closing twice is harmless.");
+"Unbind the group and close the socket; wakes a thread blocked in next(), queue() or aggregate(),\n"
+"which then raises NflogClosedError. Records already queued stay readable (next(), iteration,\n"
+"loop()), as in nflogr. Closing twice is harmless.");
 
 static PyObject *handle_close(HandleObject *self, PyObject *unused)
 {
 	(void)unused;
 	do_close(self);
-	if (PyList_SetSlice(self->queue, 0, PY_SSIZE_T_MAX, NULL) < 0)
-		return NULL;
-	self->qhead = 0;
 	Py_RETURN_NONE;
 }
 
@@ -540,13 +561,14 @@ static PyObject *handle_getfd(HandleObject *self, PyObject *unused)
 
 PyDoc_STRVAR(fileno_doc,
 "fileno($self, /)\n--\n\n"
-"The socket's file descriptor, for selectors and asyncio. Raises NflogClosedError once closed.");
+"The socket's file descriptor, for selectors and asyncio. Raises ValueError once closed, as a\n"
+"closed file does.");
 
 static PyObject *handle_fileno(HandleObject *self, PyObject *unused)
 {
 	(void)unused;
 	if (self->closed)
-		return closed_error();
+		return PyErr_Format(PyExc_ValueError, "I/O operation on a closed NFLOG handle");
 	return PyLong_FromLong(self->sock.fd);
 }
 
@@ -607,39 +629,60 @@ static PyObject *get_drops(HandleObject *self, void *c)
 static int set_drops(HandleObject *self, PyObject *v, void *c)
 {
 	(void)c;
+	/* TypeError, as nflogr: the only value it takes is 0, so another one is the wrong kind. */
 	if (!v || !PyLong_Check(v) || PyLong_AsLong(v) != 0) {
-		if (!PyErr_Occurred())
-			PyErr_SetString(PyExc_ValueError, "drops can only be reset to 0");
+		PyErr_Clear();  /* an int too large for a long is just as wrong */
+		PyErr_SetString(PyExc_TypeError, "drops can only be set to 0");
 		return -1;
 	}
 	__atomic_store_n(&self->sock.enobufs, 0, __ATOMIC_RELAXED);
 	return 0;
 }
 
-static PyObject *get_rcvbuf(HandleObject *self, void *c)
+/* The receive buffer as the kernel keeps it: twice what was asked, for its bookkeeping. divisor 2
+ * gives what was asked (rcvbuf), 1 the kernel's figure (kernel_rcvbuf). */
+static PyObject *read_rcvbuf(HandleObject *self, int divisor)
+{
+	int v = nfd_sock_get_rcvbuf(&self->sock);
+	if (v < 0)
+		return set_error(v, "cannot read the receive buffer size");
+	return PyLong_FromLong(v / divisor);
+}
+
+static PyObject *get_kernel_rcvbuf(HandleObject *self, void *c)
 {
 	(void)c;
 	if (self->closed)
 		return closed_error();
-	int v = nfd_sock_get_rcvbuf(&self->sock);
-	if (v < 0)
-		return set_error(v, "cannot read the receive buffer size");
-	return PyLong_FromLong(v);
+	return read_rcvbuf(self, 1);
+}
+
+static PyObject *get_rcvbuf(HandleObject *self, void *c)
+{
+	(void)c;
+	if (self->closed)
+		Py_RETURN_NONE;  /* as nflogr */
+	return read_rcvbuf(self, 2);
 }
 
 static int set_rcvbuf(HandleObject *self, PyObject *v, void *c)
 {
 	(void)c;
-	long bytes = v ? PyLong_AsLong(v) : -1;
+	if (!v)
+		return PyErr_SetString(PyExc_TypeError, "cannot delete rcvbuf"), -1;
+	long bytes = PyLong_AsLong(v);
 	int r;
 	if (bytes == -1 && PyErr_Occurred())
 		return -1;
-	if (bytes <= 0 || bytes > INT32_MAX) {
-		PyErr_SetString(PyExc_ValueError, "rcvbuf must be within 1..2147483647");
+	if (bytes < 0 || bytes > RCVBUF_MAX) {
+		PyErr_Format(PyExc_ValueError, "rcvbuf %ld is out of range 0..%d (0 leaves it as it is)",
+			     bytes, RCVBUF_MAX);
 		return -1;
 	}
 	if (self->closed)
 		return closed_error(), -1;
+	if (bytes == 0)  /* as in open(): 0 keeps the buffer as it is */
+		return 0;
 	r = nfd_sock_set_rcvbuf(&self->sock, (int)bytes);
 	if (r < 0)
 		return set_error(r, "cannot set the receive buffer to %ld bytes", bytes), -1;
@@ -678,6 +721,16 @@ static PyObject *get_last_message_time(HandleObject *self, void *c)
 	return PyFloat_FromDouble(t);
 }
 
+/* len(h): records queued, as nflogr (so an empty queue makes the handle false). */
+static Py_ssize_t handle_length(HandleObject *self)
+{
+	return queued(self);
+}
+
+static PyMappingMethods handle_mapping = {
+	.mp_length = (lenfunc)handle_length,
+};
+
 static PyMethodDef handle_methods[] = {
 	{"next", (PyCFunction)(void (*)(void))handle_next, METH_VARARGS | METH_KEYWORDS, next_doc},
 	{"queue", (PyCFunction)(void (*)(void))handle_queue, METH_VARARGS | METH_KEYWORDS, queue_doc},
@@ -699,8 +752,11 @@ static PyMethodDef handle_methods[] = {
 
 static PyGetSetDef handle_getset[] = {
 	{"rcvbuf", (getter)get_rcvbuf, (setter)set_rcvbuf,
-	 PyDoc_STR("Socket receive buffer in bytes as the kernel reports it (twice what was asked, for "
-		   "its bookkeeping); set it to grow or shrink the buffer."), NULL},
+	 PyDoc_STR("Socket receive buffer in bytes as asked for (the kernel keeps twice as much, see "
+		   "kernel_rcvbuf), None once closed; set it to grow or shrink the buffer (0: no change)."),
+	 NULL},
+	{"kernel_rcvbuf", (getter)get_kernel_rcvbuf, NULL,
+	 PyDoc_STR("Socket receive buffer in bytes as the kernel reports it (twice rcvbuf)."), NULL},
 	{"drops", (getter)get_drops, (setter)set_drops,
 	 PyDoc_STR("ENOBUFS errors seen (the kernel dropped messages); can only be set to 0."), NULL},
 	{"queued", (getter)get_queued, NULL, PyDoc_STR("Records read from the socket, not yet returned."), NULL},
@@ -730,6 +786,7 @@ PyTypeObject NflogType = {
 	.tp_name = "nflogd.nflog.Nflog",
 	.tp_basicsize = sizeof(HandleObject),
 	.tp_dealloc = (destructor)handle_dealloc,
+	.tp_as_mapping = &handle_mapping,
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_doc = handle_doc,
 	.tp_iter = PyObject_SelfIter,

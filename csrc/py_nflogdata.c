@@ -18,6 +18,8 @@
 typedef struct {
 	PyObject_VAR_HEAD
 	struct ifresolver *ifr;   /* the reading handle's namespace; NULL until set */
+	PyObject *devnames;       /* unpickled: (indev, outdev, physindev, physoutdev) as named where
+				   * the record was pickled; NULL for a record read here */
 	struct nfd_record rec;  /* pointers into msg */
 	_Alignas(8) uint8_t msg[1];
 } DataObject;
@@ -47,13 +49,15 @@ void ifresolver_decref(struct ifresolver *r)
 	}
 }
 
-PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr)
+/* A record from a copy of len bytes of message (whose nlmsg_len the caller checked equals len). */
+static PyObject *data_new(const void *msg, size_t len, struct ifresolver *ifr)
 {
-	DataObject *d = PyObject_NewVar(DataObject, &NflogDataType, nlh->nlmsg_len);
+	DataObject *d = PyObject_NewVar(DataObject, &NflogDataType, (Py_ssize_t)len);
 	if (!d)
 		return NULL;
 	d->ifr = NULL;
-	memcpy(d->msg, nlh, nlh->nlmsg_len);
+	d->devnames = NULL;
+	memcpy(d->msg, msg, len);
 	/* Parsed again from our own copy so every pointer stays valid as long as the object. */
 	if (nfd_record_parse((const struct nlmsghdr *)d->msg, &d->rec) < 0) {
 		Py_DECREF(d);
@@ -66,9 +70,15 @@ PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr)
 	return (PyObject *)d;
 }
 
+PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr)
+{
+	return data_new(nlh, nlh->nlmsg_len, ifr);
+}
+
 static void data_dealloc(DataObject *self)
 {
 	ifresolver_decref(self->ifr);
+	Py_XDECREF(self->devnames);
 	PyObject_Free(self);
 }
 
@@ -111,11 +121,11 @@ static PyObject *ifname_or_none(PyObject *self, uint32_t ifindex)
 	return PyUnicode_DecodeFSDefault(req.ifr_name);
 }
 
+/* proto, hwtype, nfmark and hwhdr are 0 / b"" when the kernel sent none, as in nflogr: it omits
+ * the mark exactly when it is 0, and the hardware fields where there is no hardware header. */
 static PyObject *get_proto(PyObject *self, void *c)
 {
 	(void)c;
-	if (!REC_HAS(REC(self), NFULA_PACKET_HDR))
-		Py_RETURN_NONE;
 	return PyLong_FromLong(REC(self)->hw_protocol);
 }
 
@@ -142,13 +152,13 @@ static PyObject *get_group(PyObject *self, void *c)
 static PyObject *get_hwtype(PyObject *self, void *c)
 {
 	(void)c;
-	return u32_or_none(self, NFULA_HWTYPE, REC(self)->hwtype);
+	return PyLong_FromLong(REC(self)->hwtype);
 }
 
 static PyObject *get_nfmark(PyObject *self, void *c)
 {
 	(void)c;
-	return u32_or_none(self, NFULA_MARK, REC(self)->mark);
+	return PyLong_FromUnsignedLong(REC(self)->mark);
 }
 
 static PyObject *get_uid(PyObject *self, void *c)
@@ -169,13 +179,23 @@ static PyObject *get_seq(PyObject *self, void *c)
 	return u32_or_none(self, NFULA_SEQ, REC(self)->seq);
 }
 
+static PyObject *get_timestamp_us(PyObject *self, void *c)
+{
+	const struct nfd_record *r = REC(self);
+	(void)c;
+	if (!REC_HAS(r, NFULA_TIMESTAMP))
+		Py_RETURN_NONE;
+	return PyLong_FromLongLong((long long)r->ts_sec * 1000000 + r->ts_usec);
+}
+
 static PyObject *get_timestamp(PyObject *self, void *c)
 {
 	const struct nfd_record *r = REC(self);
 	(void)c;
 	if (!REC_HAS(r, NFULA_TIMESTAMP))
 		Py_RETURN_NONE;
-	return PyFloat_FromDouble((double)r->ts_sec + (double)r->ts_usec / 1e6);
+	/* From the microseconds, as nflogr computes it, so both give the very same float. */
+	return PyFloat_FromDouble((double)((long long)r->ts_sec * 1000000 + r->ts_usec) / 1e6);
 }
 
 /* Devices: the name (resolved now) and the raw index. closure selects which of the four. */
@@ -192,6 +212,12 @@ static uint32_t dev_index(PyObject *self, void *which)
 
 static PyObject *get_devname(PyObject *self, void *which)
 {
+	PyObject *names = ((DataObject *)self)->devnames;
+	if (names) {
+		PyObject *name = PyTuple_GET_ITEM(names, (intptr_t)which);
+		Py_INCREF(name);
+		return name;
+	}
 	return ifname_or_none(self, dev_index(self, which));
 }
 
@@ -212,7 +238,9 @@ static PyObject *get_hwaddr(PyObject *self, void *c)
 static PyObject *get_hwhdr(PyObject *self, void *c)
 {
 	(void)c;
-	return bytes_or_none(REC(self)->hwhdr, REC(self)->hwhdr_len);
+	if (!REC(self)->hwhdr)
+		return PyBytes_FromStringAndSize(NULL, 0);
+	return PyBytes_FromStringAndSize((const char *)REC(self)->hwhdr, REC(self)->hwhdr_len);
 }
 
 static PyObject *get_payload(PyObject *self, void *c)
@@ -250,25 +278,27 @@ static PyObject *get_length(PyObject *self, void *c)
 #define GET(name, fn, doc) {name, (getter)fn, NULL, PyDoc_STR(doc), NULL}
 #define DEV(name, fn, which, doc) {name, (getter)fn, NULL, PyDoc_STR(doc), (void *)(intptr_t)which}
 
+/* nflogr's attributes first, in its order (dict(data) keeps it), then ours. */
 static PyGetSetDef data_getset[] = {
-	GET("proto", get_proto, "Layer 3 protocol (EtherType), or None."),
-	GET("hwtype", get_hwtype, "Hardware type (if_arp.h ARPHRD_*), or None."),
-	GET("nfmark", get_nfmark, "Packet mark, or None when the kernel sent none (mark 0)."),
+	GET("proto", get_proto, "Layer 3 protocol (EtherType, see the PROTO_* constants)."),
+	GET("hwtype", get_hwtype, "Hardware type (if_arp.h ARPHRD_*, see HWTYPE_*); 0 when the kernel sent none."),
+	GET("nfmark", get_nfmark, "Packet mark (0 when unmarked: the kernel sends none then)."),
 	GET("timestamp", get_timestamp, "Time the packet was logged (float, s), or None (never in OUTPUT)."),
+	GET("timestamp_us", get_timestamp_us, "Time the packet was logged (int, microseconds), or None."),
 	DEV("indev", get_devname, 0, "Input interface name, or None."),
-	DEV("outdev", get_devname, 1, "Output interface name, or None."),
 	DEV("physindev", get_devname, 2, "Physical input interface name (bridges), or None."),
+	DEV("outdev", get_devname, 1, "Output interface name, or None."),
 	DEV("physoutdev", get_devname, 3, "Physical output interface name (bridges), or None."),
+	GET("uid", get_uid, "Uid of the local socket that sent the packet, or None."),
+	GET("gid", get_gid, "Gid of the local socket that sent the packet, or None."),
+	GET("hwaddr", get_hwaddr, "Layer 2 source address (bytes), or None."),
+	GET("hwhdr", get_hwhdr, "Layer 2 header (bytes; empty when the kernel sent none)."),
+	GET("payload", get_payload, "Layer 3 packet data, up to the copy range (bytes), or None."),
+	GET("prefix", get_prefix, "Log prefix of the rule (str; bytes not UTF-8 are escaped), or None."),
 	DEV("indev_index", get_devindex, 0, "Input interface index, or None."),
 	DEV("outdev_index", get_devindex, 1, "Output interface index, or None."),
 	DEV("physindev_index", get_devindex, 2, "Physical input interface index, or None."),
 	DEV("physoutdev_index", get_devindex, 3, "Physical output interface index, or None."),
-	GET("uid", get_uid, "Uid of the local socket that sent the packet, or None."),
-	GET("gid", get_gid, "Gid of the local socket that sent the packet, or None."),
-	GET("hwaddr", get_hwaddr, "Layer 2 source address (bytes), or None."),
-	GET("hwhdr", get_hwhdr, "Layer 2 header (bytes), or None."),
-	GET("payload", get_payload, "Layer 3 packet data, up to the copy range (bytes), or None."),
-	GET("prefix", get_prefix, "Log prefix of the rule (str; bytes not UTF-8 are escaped), or None."),
 	GET("seq", get_seq, "Sequence number within the group (open with seq=True), or None."),
 	GET("hook", get_hook, "Netfilter hook number (0 prerouting .. 4 postrouting), or None."),
 	GET("family", get_family, "Protocol family of the hook (NFPROTO_*: 2 IPv4, 10 IPv6, 7 bridge ...)."),
@@ -299,21 +329,93 @@ static PyObject *data_iter(PyObject *self)
 	return it;
 }
 
+/* As nflogr: <NflogData {dict(data)}>. */
 static PyObject *data_repr(PyObject *self)
 {
-	const struct nfd_record *r = REC(self);
-	PyObject *prefix = get_prefix(self, NULL), *s;
-	if (!prefix)
-		return NULL;
-	s = PyUnicode_FromFormat("<NflogData group=%u prefix=%R family=%u hook=%u length=%u>",
-				 r->group, prefix, r->family, r->hook, r->ip_len);
-	Py_DECREF(prefix);
+	PyObject *d = PyDict_New(), *s = NULL;
+	if (d && PyDict_MergeFromSeq2(d, self, 0) == 0)
+		s = PyUnicode_FromFormat("<NflogData %S>", d);
+	Py_XDECREF(d);
 	return s;
 }
 
+/* Pickling: the message as the kernel sent it, and the interface names as they are here (an index
+ * means nothing in another process's namespace). NflogData(message, devnames) rebuilds it. */
+static PyObject *data_reduce(PyObject *self, PyObject *unused)
+{
+	DataObject *d = (DataObject *)self;
+	PyObject *names = PyTuple_New(4);
+	(void)unused;
+	if (!names)
+		return NULL;
+	for (intptr_t i = 0; i < 4; i++) {
+		PyObject *name = get_devname(self, (void *)i);
+		if (!name) {
+			Py_DECREF(names);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(names, i, name);
+	}
+	return Py_BuildValue("O(y#N)", (PyObject *)Py_TYPE(self), (const char *)d->msg,
+			     Py_SIZE(d), names);
+}
+
+static PyObject *data_tp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"message", "devnames", NULL};
+	Py_buffer msg;
+	PyObject *names, *d = NULL;
+	struct nlmsghdr nlh;
+
+	(void)type;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O!:NflogData", kwlist, &msg, &PyTuple_Type,
+					 &names))
+		return NULL;
+	if (PyTuple_GET_SIZE(names) != 4) {
+		PyErr_SetString(PyExc_ValueError, "devnames must be (indev, outdev, physindev, physoutdev)");
+		goto out;
+	}
+	for (Py_ssize_t i = 0; i < 4; i++) {
+		PyObject *n = PyTuple_GET_ITEM(names, i);
+		if (n != Py_None && !PyUnicode_Check(n)) {
+			PyErr_SetString(PyExc_TypeError, "devnames must be str or None");
+			goto out;
+		}
+	}
+	/* Checked like a message from the kernel: the header's length must be the data's. */
+	if (msg.len >= (Py_ssize_t)sizeof(nlh))
+		memcpy(&nlh, msg.buf, sizeof(nlh));
+	if (msg.len < (Py_ssize_t)sizeof(nlh) || msg.len > UINT16_MAX * 2 ||
+	    nlh.nlmsg_len != (size_t)msg.len || !nfd_is_packet_msg(&nlh)) {
+		PyErr_SetString(PyExc_ValueError, "not an NFLOG packet message");
+		goto out;
+	}
+	d = data_new(msg.buf, (size_t)msg.len, NULL);
+	if (d) {
+		Py_INCREF(names);
+		((DataObject *)d)->devnames = names;
+	} else if (PyErr_ExceptionMatches(NflogError)) {
+		/* A bad argument, not a failed NFLOG operation. */
+		PyErr_Clear();
+		PyErr_SetString(PyExc_ValueError, "malformed NFLOG packet message");
+	}
+out:
+	PyBuffer_Release(&msg);
+	return d;
+}
+
+static PyMethodDef data_methods[] = {
+	{"__reduce__", (PyCFunction)data_reduce, METH_NOARGS,
+	 PyDoc_STR("__reduce__($self, /)\n--\n\nFor pickle and copy: (NflogData, (message, devnames)).")},
+	{NULL, NULL, 0, NULL},
+};
+
 PyDoc_STRVAR(data_doc,
-"One NFLOG record. Read-only attributes; every attribute the kernel did not send is None.\n"
-"dict(data) gives all of them.");
+"NflogData(message, devnames)\n--\n\n"
+"One NFLOG record. Read-only attributes; every attribute the kernel did not send is None, but\n"
+"nfmark, hwtype, proto (0) and hwhdr (b'') as in nflogr. dict(data) gives all of them, nflogr's\n"
+"first. Records pickle; the constructor rebuilds one from __reduce__'s parts (the message bytes\n"
+"and the four interface names), checking the message as one from the kernel.");
 
 PyTypeObject NflogDataType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
@@ -325,5 +427,7 @@ PyTypeObject NflogDataType = {
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_doc = data_doc,
 	.tp_iter = data_iter,
+	.tp_methods = data_methods,
 	.tp_getset = data_getset,
+	.tp_new = data_tp_new,
 };

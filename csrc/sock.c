@@ -123,7 +123,7 @@ int nfd_sock_open(struct nfd_sock *s, const struct nfd_config *cfg)
 		goto fail_errno;
 	if (bind(s->fd, (struct sockaddr *)&local, sizeof(local)) < 0)
 		goto fail_errno;
-	if (cfg->enobufs == ENOBUFS_DISABLE &&
+	if (cfg->enobufs_mode == ENOBUFS_DISABLE &&
 	    setsockopt(s->fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof(one)) < 0)
 		goto fail_errno;
 	if (cfg->rcvbuf > 0 && (r = nfd_sock_set_rcvbuf(s, cfg->rcvbuf)) < 0)

@@ -25,7 +25,7 @@ struct nfd_config {
 	uint32_t qthresh;
 	uint32_t timeout;     /* 1/100 s */
 	int rcvbuf;           /* 0 = system default */
-	int enobufs;
+	int enobufs_mode;      /* ENOBUFS_RAISE/HANDLE/DISABLE; the count is nfd_sock.enobufs */
 	bool seq;
 };
 

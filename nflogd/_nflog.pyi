@@ -4,12 +4,14 @@ The low-level module under nflogd.nflog: Nflog handles give NflogData records (t
 or fold records into an Aggregator entirely in C with the GIL released.
 """
 
-from typing import Callable, Iterable, Iterator, Literal, Optional, Tuple, TypeVar, Union, final, overload
+# Checked, not trusted: tests/test_nflog_stub.py compares every name, signature and docstring here
+# with the built module (its __text_signature__s and __doc__s).
+from typing import Callable, Iterable, Iterator, Literal, TypeVar, final, overload
 
 _H = TypeVar("_H", bound="Nflog")
 
 # A value in an aggregation key: bytes (prefix), int, or None (absent).
-_KeyValue = Union[int, bytes, None]
+_KeyValue = int | bytes | None
 
 ENOBUFS_RAISE: int
 """enobufs mode: raise NflogDroppedError when the kernel dropped records (0)."""
@@ -30,9 +32,10 @@ NLBUF_MIN: int
 NLBUF_MAX: int
 """The largest nlbuf the kernel honours (131072)."""
 PREFIX_MAX: int
-LIBNETFILTER_LOG_VERSION: str  # the libnetfilter_log version built against
 """The longest log prefix, without its NUL (127)."""
-FIELDS: Tuple[str, ...]
+LIBNETFILTER_LOG_VERSION: str
+"""The libnetfilter_log version built against."""
+FIELDS: tuple[str, ...]
 """The record fields an Aggregator can key on, in their canonical order."""
 
 
@@ -52,70 +55,82 @@ class NflogRetryError(NflogError):
     """A transient failure: the call may be retried."""
 
 
+class NflogPermissionError(NflogError, PermissionError):
+    """Not permitted (EPERM): the group is bound by another socket, or root or CAP_NET_ADMIN is
+    missing. Also a PermissionError."""
+
+
 @final
 class NflogData:
-    """One NFLOG record. Read-only attributes; every attribute the kernel did not send is None.
-    dict(data) gives all of them."""
+    """One NFLOG record. Read-only attributes; every attribute the kernel did not send is None, but
+    nfmark, hwtype, proto (0) and hwhdr (b'') as in nflogr. dict(data) gives all of them, nflogr's
+    first. Records pickle; the constructor rebuilds one from __reduce__'s parts (the message bytes
+    and the four interface names), checking the message as one from the kernel."""
 
+    def __new__(cls, message: bytes, devnames: tuple[str | None, str | None, str | None,
+                                                     str | None]) -> NflogData: ...
     @property
-    def proto(self) -> Optional[int]:
-        """Layer 3 protocol (EtherType), or None."""
+    def proto(self) -> int:
+        """Layer 3 protocol (EtherType, see the PROTO_* constants)."""
     @property
-    def hwtype(self) -> Optional[int]:
-        """Hardware type (if_arp.h ARPHRD_*), or None."""
+    def hwtype(self) -> int:
+        """Hardware type (if_arp.h ARPHRD_*, see HWTYPE_*); 0 when the kernel sent none."""
     @property
-    def nfmark(self) -> Optional[int]:
-        """Packet mark, or None when the kernel sent none (mark 0)."""
+    def nfmark(self) -> int:
+        """Packet mark (0 when unmarked: the kernel sends none then)."""
     @property
-    def timestamp(self) -> Optional[float]:
+    def timestamp(self) -> float | None:
         """Time the packet was logged (float, s), or None (never in OUTPUT)."""
     @property
-    def indev(self) -> Optional[str]:
+    def timestamp_us(self) -> int | None:
+        """Time the packet was logged (int, microseconds), or None."""
+    @property
+    def indev(self) -> str | None:
         """Input interface name, or None."""
     @property
-    def outdev(self) -> Optional[str]:
-        """Output interface name, or None."""
-    @property
-    def physindev(self) -> Optional[str]:
+    def physindev(self) -> str | None:
         """Physical input interface name (bridges), or None."""
     @property
-    def physoutdev(self) -> Optional[str]:
+    def outdev(self) -> str | None:
+        """Output interface name, or None."""
+    @property
+    def physoutdev(self) -> str | None:
         """Physical output interface name (bridges), or None."""
     @property
-    def indev_index(self) -> Optional[int]:
-        """Input interface index, or None."""
-    @property
-    def outdev_index(self) -> Optional[int]:
-        """Output interface index, or None."""
-    @property
-    def physindev_index(self) -> Optional[int]:
-        """Physical input interface index, or None."""
-    @property
-    def physoutdev_index(self) -> Optional[int]:
-        """Physical output interface index, or None."""
-    @property
-    def uid(self) -> Optional[int]:
+    def uid(self) -> int | None:
         """Uid of the local socket that sent the packet, or None."""
     @property
-    def gid(self) -> Optional[int]:
+    def gid(self) -> int | None:
         """Gid of the local socket that sent the packet, or None."""
     @property
-    def hwaddr(self) -> Optional[bytes]:
+    def hwaddr(self) -> bytes | None:
         """Layer 2 source address (bytes), or None."""
     @property
-    def hwhdr(self) -> Optional[bytes]:
-        """Layer 2 header (bytes), or None."""
+    def hwhdr(self) -> bytes:
+        """Layer 2 header (bytes; empty when the kernel sent none)."""
     @property
-    def payload(self) -> Optional[bytes]:
+    def payload(self) -> bytes | None:
         """Layer 3 packet data, up to the copy range (bytes), or None."""
     @property
-    def prefix(self) -> Optional[str]:
+    def prefix(self) -> str | None:
         """Log prefix of the rule (str; bytes not UTF-8 are escaped), or None."""
     @property
-    def seq(self) -> Optional[int]:
+    def indev_index(self) -> int | None:
+        """Input interface index, or None."""
+    @property
+    def outdev_index(self) -> int | None:
+        """Output interface index, or None."""
+    @property
+    def physindev_index(self) -> int | None:
+        """Physical input interface index, or None."""
+    @property
+    def physoutdev_index(self) -> int | None:
+        """Physical output interface index, or None."""
+    @property
+    def seq(self) -> int | None:
         """Sequence number within the group (open with seq=True), or None."""
     @property
-    def hook(self) -> Optional[int]:
+    def hook(self) -> int | None:
         """Netfilter hook number (0 prerouting .. 4 postrouting), or None."""
     @property
     def family(self) -> int:
@@ -124,13 +139,15 @@ class NflogData:
     def group(self) -> int:
         """NFLOG group the record came from."""
     @property
-    def l4proto(self) -> Optional[int]:
+    def l4proto(self) -> int | None:
         """IP protocol number of the transport header (6 TCP, 17 UDP ...), or None."""
     @property
-    def length(self) -> Optional[int]:
+    def length(self) -> int | None:
         """Packet length from the IP header (bytes), or None without payload."""
-    def __iter__(self) -> Iterator[Tuple[str, object]]:
+    def __iter__(self) -> Iterator[tuple[str, object]]:
         """(name, value) for every attribute, so dict(data) works."""
+    def __reduce__(self, /) -> tuple[type[NflogData], tuple[bytes, tuple[str | None, ...]]]:
+        """For pickle and copy: (NflogData, (message, devnames))."""
 
 
 @final
@@ -159,27 +176,27 @@ class Aggregator:
     (COPY_META, COPY_NONE) adds 0 bytes."""
 
     def __init__(self, fields: Iterable[str], max_keys: int = 65536,
-                 budget: Optional[SeriesBudget] = None, *, ttl: int = 0, min_residency: int = 20,
+                 budget: SeriesBudget | None = None, *, ttl: int = 0, min_residency: int = 20,
                  admit_rate: int = 10, decay: int = 10) -> None: ...
-    def read(self) -> Tuple[Tuple[str, ...], list[Tuple[Tuple[_KeyValue, ...], int, int]],
-                            Tuple[int, int]]:
+    def read(self) -> tuple[tuple[str, ...], list[tuple[tuple[_KeyValue, ...], int, int]],
+                            tuple[int, int]]:
         """(fields, rows, (remainder_packets, remainder_bytes)), all taken at one instant: rows as in
         snapshot(), keyed by `fields` (which relabel() may change), the remainder as `overflow`."""
-    def tick(self, now: Optional[int] = None) -> None:
+    def tick(self, now: int | None = None) -> None:
         """Advance the clock (whole seconds) and, at most once a second, sweep: expire, decay, refill
         the displacement allowance, choose the next victims."""
     def relabel(self, fields: Iterable[str]) -> None:
         """Key by other fields from now on, atomically: every row's counts move into the remainder."""
-    def set_policy(self, *, ttl: Optional[int] = None, min_residency: Optional[int] = None,
-                   admit_rate: Optional[int] = None, decay: Optional[int] = None) -> None:
+    def set_policy(self, *, ttl: int | None = None, min_residency: int | None = None,
+                   admit_rate: int | None = None, decay: int | None = None) -> None:
         """Change the budget policy (None keeps a value); the rows stay."""
     @property
-    def churn(self) -> Tuple[int, int, int, int]:
+    def churn(self) -> tuple[int, int, int, int]:
         """(admitted, expired, displaced, remainder_records)."""
     @property
     def policy(self) -> dict[str, int]:
         """{'ttl', 'min_residency', 'admit_rate', 'decay'}."""
-    def snapshot(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
+    def snapshot(self) -> list[tuple[tuple[_KeyValue, ...], int, int]]:
         """Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order
         given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface
         indexes (None when absent; names belong to the handle's network namespace); uid, gid and proto
@@ -191,20 +208,20 @@ class Aggregator:
     def keys(self) -> int:
         """Distinct keys held."""
     @property
-    def overflow(self) -> Tuple[int, int]:
+    def overflow(self) -> tuple[int, int]:
         """(packets, bytes) of the remainder: records whose key had no row, and the counts of rows
         that expired, were displaced or relabelled."""
     @property
     def records(self) -> int:
         """Records folded in all."""
     @property
-    def fields(self) -> Tuple[str, ...]:
+    def fields(self) -> tuple[str, ...]:
         """The key fields, in order."""
     @property
     def max_keys(self) -> int:
         """This aggregator's own key limit."""
     @property
-    def budget(self) -> Optional[SeriesBudget]:
+    def budget(self) -> SeriesBudget | None:
         """The shared SeriesBudget, or None."""
 
 
@@ -219,36 +236,40 @@ class Nflog:
                  seq: bool = False) -> None: ...
     @overload
     def next(self, /, wait: Literal[True] = True) -> NflogData:
-        """The next record (NflogData). With wait=False, None when none is waiting. Raises NflogClosedError
-        once the handle is closed (also when close() is called from another thread while waiting)."""
+        """The next record (NflogData). With wait=False, None when none is waiting. Records queued before
+        close() are still returned; then a closed handle gives None with wait=False and raises
+        NflogClosedError with wait=True (also when close() is called from another thread while waiting)."""
     @overload
-    def next(self, /, wait: bool) -> Optional[NflogData]: ...
+    def next(self, /, wait: bool) -> NflogData | None: ...
     def queue(self, /, wait: bool = True) -> int:
         """Read one datagram from the socket and queue its records for next(). Returns how many records were
-        queued (0 when wait=False and nothing is waiting, or when 65536 are queued already)."""
+        queued: 0 when nothing is waiting and wait=False or records are queued already (it only waits
+        when none are), when 65536 are queued already, or once the handle is closed."""
     def loop(self, fn: Callable[[NflogData], object], /, count: int = -1) -> None:
-        """Call fn(data) for each record, count times (-1: until the handle is closed). An exception raised
-        by fn stops the loop and propagates. Returns None."""
-    def aggregate(self, aggregator: Aggregator, /, timeout: Optional[float] = None) -> int:
+        """Call fn(data) for each record, count times (-1: until the handle is closed and the records
+        queued before are done). An exception raised by fn stops the loop and propagates. Returns None."""
+    def aggregate(self, aggregator: Aggregator, /, timeout: float | None = None) -> int:
         """Wait up to timeout seconds (None: until data or close) for records, then drain what the socket
         holds (up to 256 datagrams) and fold every record into aggregator, all in C without the GIL.
         Returns the number of records folded (0 on timeout). Sequence gaps, truncated datagrams, decode
         errors and ENOBUFS are counted on the handle as in next()."""
-    def configure(self, /, *, timeout: Optional[float] = None, qthresh: Optional[int] = None,
-                  nlbuf: Optional[int] = None, copymode: Optional[int] = None,
-                  copyrange: Optional[int] = None) -> None:
+    def configure(self, /, *, timeout: float | None = None, qthresh: int | None = None,
+                  nlbuf: int | None = None, copymode: int | None = None,
+                  copyrange: int | None = None) -> None:
         """Change the group's batching and copy settings in place (None keeps a value). The group stays
         bound, so nothing the kernel is batching is lost and sequence numbers continue. Ranges as in
         open(); the receive buffer is the rcvbuf attribute. The kernel applies the settings before this
         returns; should it refuse them (EPERM once CAP_NET_ADMIN is dropped), the refusal arrives with
         the data and the next read (next, queue, aggregate, ...) raises NflogError."""
     def close(self, /) -> None:
-        """Unbind the group and close the socket; wakes a thread blocked in next() or aggregate(), which then
-        raises NflogClosedError. Queued records are discarded. Closing twice is harmless."""
-    def getfd(self, /) -> Optional[int]:
+        """Unbind the group and close the socket; wakes a thread blocked in next(), queue() or aggregate(),
+        which then raises NflogClosedError. Records already queued stay readable (next(), iteration,
+        loop()), as in nflogr. Closing twice is harmless."""
+    def getfd(self, /) -> int | None:
         """The socket's file descriptor, or None once closed."""
     def fileno(self, /) -> int:
-        """The socket's file descriptor, for selectors and asyncio. Raises NflogClosedError once closed."""
+        """The socket's file descriptor, for selectors and asyncio. Raises ValueError once closed, as a
+        closed file does."""
     def getgroup(self, /) -> int:
         """The NFLOG group number."""
     def __enter__(self: _H, /) -> _H:
@@ -257,12 +278,17 @@ class Nflog:
         """Close the handle (see close()); an exception in the block propagates."""
     def __iter__(self: _H) -> _H: ...
     def __next__(self) -> NflogData: ...
+    def __len__(self) -> int:
+        """Records queued (as nflogr: an empty queue makes the handle false)."""
     @property
-    def rcvbuf(self) -> int:
-        """Socket receive buffer in bytes as the kernel reports it (twice what was asked, for its
-        bookkeeping); set it to grow or shrink the buffer."""
+    def rcvbuf(self) -> int | None:
+        """Socket receive buffer in bytes as asked for (the kernel keeps twice as much, see
+        kernel_rcvbuf), None once closed; set it to grow or shrink the buffer (0: no change)."""
     @rcvbuf.setter
     def rcvbuf(self, value: int) -> None: ...
+    @property
+    def kernel_rcvbuf(self) -> int:
+        """Socket receive buffer in bytes as the kernel reports it (twice rcvbuf)."""
     @property
     def drops(self) -> int:
         """ENOBUFS errors seen (the kernel dropped messages); can only be set to 0."""
@@ -291,7 +317,7 @@ class Nflog:
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped at this socket's full receive queue (sk_drops)."""
     @property
-    def last_message_time(self) -> Optional[float]:
+    def last_message_time(self) -> float | None:
         """Unix time the last record was received, or None."""
     @property
     def closed(self) -> bool:

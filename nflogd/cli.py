@@ -3,19 +3,31 @@
 
 Exit codes: 0 clean stop or valid config; 1 runtime failure (no group could be bound, cannot
 listen); 2 usage or configuration error (bad arguments, bad config or web config file).
+
+This module is the program's entry (the `nflogd` console script and `python -m nflogd` both start
+here), so importing it blocks SIGHUP in the calling thread before anything slow runs: a SIGHUP that
+arrives while Python imports and the config loads stays pending, and the daemon takes it as a
+reload once it runs (daemon.take_signals) instead of dying by SIGHUP's default action.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import logging
-import os
-import sys
-from typing import Sequence
+# First, before the imports below (tens of milliseconds): only the interpreter's own start-up,
+# which runs no code of ours, is left unprotected.
+import signal
 
-from . import __version__
-from .config import BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .config import (  # noqa: E402
+    BUILTIN_SOURCE, DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config)
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -81,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         args.config = args.check_config
     try:
-        config, path = load(args.config)
-        web_path = args.web_config or config.web_config_file
+        cfg, path = load(args.config)
+        web_path = args.web_config or cfg.web_config_file
         if web_path:
             load_web_config(web_path)
     except (ConfigError, WebConfigError) as e:
@@ -92,13 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nflogd: {path or BUILTIN_SOURCE}: configuration is valid")
         return EXIT_OK
 
-    logging.basicConfig(level=(args.log_level or config.log_level).upper(),
+    logging.basicConfig(level=(args.log_level or cfg.log_level).upper(),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .daemon import Daemon, StartupError
+    from .daemon import Daemon, StartupError, block_signals
 
     release_large_buffers()
-    daemon = Daemon(config, path, args.web_config)
-    daemon.install_signal_handlers()
+    block_signals()  # before any thread starts: every thread inherits the mask
+    daemon = Daemon(cfg, path, args.web_config)
     try:
         daemon.start()
     except StartupError as e:

@@ -9,20 +9,26 @@ Two parts, both reading copies taken by the workers' aggregators (nothing here r
 from __future__ import annotations
 
 import platform
+import re
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
 from .config import Config, GroupConfig, classify
-from .httpserver import ServerStats
+from .http.stats import ServerStats
 from .ifnames import InterfaceNames
 from .nflog import FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES
 from .worker import GroupWorker, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# What Prometheus asks for first; prometheus_client 0.16 (Debian 12) still names version 0.0.1.
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# OpenMetrics names a counter family without the _total its samples carry.
+_OM_COUNTER_META = re.compile(rb"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
 OVERFLOW = "__overflow__"
 
 # The aggregation field behind each label (action is derived from the prefix).
@@ -181,8 +187,17 @@ class HealthCollector:
             "nflogd_decode_errors", "Malformed NFLOG messages skipped.", labels=g),
             lambda s: s.decode_errors)
         yield per_group(CounterMetricFamily(
-            "nflogd_worker_restarts", "Worker restarts after a socket failure.", labels=g),
+            "nflogd_worker_restarts", "Sockets replaced after they failed (the group was unbound "
+            "meanwhile).", labels=g),
             lambda s: s.restarts)
+        yield per_group(CounterMetricFamily(
+            "nflogd_receive_errors", "Failed reads that kept the socket bound: retried, any loss "
+            "still counted in nflogd_messages_lost_total.", labels=g),
+            lambda s: s.receive_errors)
+        yield per_group(CounterMetricFamily(
+            "nflogd_group_unbound_seconds", "Seconds the group had no socket: records logged "
+            "then reached nobody and are not counted anywhere.", labels=g),
+            lambda s: s.unbound_seconds)
         yield per_group(GaugeMetricFamily(
             "nflogd_receive_buffer_bytes", "Socket receive buffer of the group as the kernel reports "
             "it (twice the size asked for: the kernel's bookkeeping).", labels=g),
@@ -262,6 +277,34 @@ class Exposition:
         ProcessCollector(registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The body and content type for a scrape sending `accept`: OpenMetrics 1.0.0 when it
+        asks for it (ending in # EOF), Prometheus text 0.0.4 otherwise."""
         self._ifnames.refresh()
         text = self._counters.render(self._config(), self._workers())
+        if wants_openmetrics(accept):
+            return (openmetrics_counters(text.encode()) + generate_openmetrics(self.registry),
+                    OPENMETRICS_CONTENT_TYPE)
         return text.encode() + generate_latest(self.registry), CONTENT_TYPE
+
+
+def openmetrics_counters(text: bytes) -> bytes:
+    """Hand-rendered counter families in OpenMetrics: the family is named without _total (its
+    samples keep it); no _created, since a series' creation time is not tracked."""
+    return _OM_COUNTER_META.sub(rb"# \1 \2 ", text)
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """True when the Accept header lists application/openmetrics-text with a q above 0."""
+    for item in (accept or "").split(","):
+        media, *params = item.split(";")
+        if media.strip().lower() != "application/openmetrics-text":
+            continue
+        for p in params:
+            k, _, v = p.strip().partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    return float(v) > 0
+                except ValueError:
+                    return False
+        return True
+    return False

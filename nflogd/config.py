@@ -1,8 +1,7 @@
 """YAML configuration: load and validate nflogd.yaml, report errors as FILE:LINE:COL: message.
 
-The file is composed into PyYAML nodes (SafeLoader) instead of being loaded into plain Python
-objects, because only the nodes know where each value was written: every check can then name the
-line the user has to fix. Working on nodes also lets us reject duplicate mapping keys, which
+The file is read by yamlreader (located nodes, bounded nesting and aliases, one error shape);
+this module is the schema. Working on nodes also lets us reject duplicate mapping keys, which
 yaml.safe_load silently collapses (the last one wins), hiding typos such as two `rcvbuf:` lines.
 
 The built-in defaults live in the dataclass field defaults below; config/nflogd.yaml spells out
@@ -16,10 +15,14 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Iterable
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .yamlreader import TAG as _TAG
+from .yamlreader import ConfigError, NodeReader, compose_file, type_name
+from .yamlreader import describe as _describe
 
 __all__ = [
     "ActionRule",
@@ -41,23 +44,23 @@ DEFAULT_CONFIG_PATH = "/etc/nflogd/nflogd.yaml"
 BUILTIN_SOURCE = "<built-in defaults>"
 
 # Record labels offered for nflog_packets_total / nflog_bytes_total, in SPEC order.
-LABEL_NAMES: Tuple[str, ...] = (
+LABEL_NAMES: tuple[str, ...] = (
     "group", "prefix", "action", "indev", "outdev", "physindev", "physoutdev",
     "uid", "gid", "family", "proto", "hook", "mark",
 )
-DEFAULT_LABELS: Tuple[str, ...] = ("group", "prefix", "indev", "outdev", "uid")
-LOG_LEVELS: Tuple[str, ...] = ("debug", "info", "warning", "error")
+DEFAULT_LABELS: tuple[str, ...] = ("group", "prefix", "indev", "outdev", "uid")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 # Value ranges. The kernel limits come from nfnetlink_log: qthresh is a u32, the flush timer is
 # in 1/100 s in a u16 (655.35 s), the netlink buffer is capped at 128 KiB, and copy_range is
-# clamped to 0xffff minus the nfattr header. The receive buffer is passed to setsockopt() as a C
-# int, hence 2**31-1.
+# clamped to 0xffff minus the nfattr header. The kernel keeps twice the receive buffer asked for,
+# capped at a C int, hence 2**30-1 (nflog.open() refuses more, as nflogr does).
 _GROUP_RANGE = (0, 65535)
 _QTHRESH_RANGE = (1, 2**32 - 1)
 _TIMEOUT_RANGE = (0, 655.35)
 _NLBUF_RANGE = (4096, 131072)
 _COPY_RANGE_RANGE = (0, 65531)
-_RCVBUF_RANGE = (4096, 2**31 - 1)
+_RCVBUF_RANGE = (4096, 2**30 - 1)
 
 _DURATION_RE = re.compile(r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
 _DURATION_MAX = 2**31 - 1
@@ -74,39 +77,6 @@ _HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,
 # YAML 1.2 floats such as 1e-2, which PyYAML (YAML 1.1) resolves to strings.
 _YAML12_FLOAT_RE = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
-_TAG = "tag:yaml.org,2002:"
-_TYPE_NAMES = {
-    _TAG + "null": "null", _TAG + "bool": "a boolean", _TAG + "int": "an integer",
-    _TAG + "float": "a float", _TAG + "str": "a string", _TAG + "timestamp": "a date",
-    _TAG + "binary": "binary data",
-}
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is one line: ``FILE:LINE:COL: what is wrong``.
-
-    ``line`` and ``column`` are 1-based and None when the problem has no position (for
-    example an unreadable file, which gives ``FILE: cannot read: <reason>``).
-    """
-
-    def __init__(self, message: str, path: str, line: Optional[int] = None,
-                 column: Optional[int] = None) -> None:
-        self.message = " ".join(message.split("\n"))  # callers print one line per error
-        self.path = path
-        self.line = line
-        self.column = column
-        where = path
-        if line is not None:
-            where += f":{line}"
-            if column is not None:
-                where += f":{column}"
-        super().__init__(f"{where}: {self.message}")
-
-    def __reduce__(self) -> Any:
-        # Exception pickles args (the formatted text), which does not match our signature.
-        return (ConfigError, (self.message, self.path, self.line, self.column))
-
-
 @dataclass(frozen=True)
 class GroupConfig:
     """One NFLOG group to bind, with its kernel and socket settings and constant labels."""
@@ -118,7 +88,7 @@ class GroupConfig:
     copy_range: int = 128
     rcvbuf: int = 8388608
     rcvbuf_max: int = 67108864
-    labels: Tuple[Tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +99,7 @@ class ActionRule:
     action: str
 
 
-DEFAULT_ACTIONS: Tuple[ActionRule, ...] = (
+DEFAULT_ACTIONS: tuple[ActionRule, ...] = (
     ActionRule(re.compile("drop|deny|block", re.IGNORECASE), "drop"),
     ActionRule(re.compile("reject", re.IGNORECASE), "reject"),
     ActionRule(re.compile("accept|allow|pass", re.IGNORECASE), "accept"),
@@ -155,10 +125,10 @@ class Config:
     # pause of a few scrapes does not end a series, while a budget filled by a scan is back within
     # a quarter of an hour even when nothing displaces it.
     series_ttl: int = 900
-    labels: Tuple[str, ...] = DEFAULT_LABELS
-    actions: Tuple[ActionRule, ...] = DEFAULT_ACTIONS
-    groups: Tuple[GroupConfig, ...] = (GroupConfig(group=0),)
-    web_config_file: Optional[str] = None
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    actions: tuple[ActionRule, ...] = DEFAULT_ACTIONS
+    groups: tuple[GroupConfig, ...] = (GroupConfig(group=0),)
+    web_config_file: str | None = None
     source: str = BUILTIN_SOURCE
 
     @property
@@ -193,144 +163,30 @@ def load_config(path: str) -> Config:
 
     An empty file (or one holding only comments) gives the built-in defaults.
     """
+    root, loader = compose_file(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigError(f"not valid UTF-8 (byte 0x{data[e.start]:02x})", path, line,
-                          column) from None
-
-    loader: Optional[yaml.SafeLoader] = None
-    try:
-        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
-        root = loader.get_single_node()
         return _Reader(path, loader).config(root)
-    except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
-        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
-        # PyYAML gives the character as its code point for str input, as bytes otherwise.
-        code = e.character if isinstance(e.character, int) else ord(e.character)
-        raise ConfigError(f"invalid YAML: unacceptable character #x{code:04x}", path, line,
-                          column) from None
-    except yaml.MarkedYAMLError as e:
-        raise _yaml_error(path, e) from None
     finally:
-        if loader is not None:
-            loader.dispose()
+        loader.dispose()
 
 
-def _yaml_error(path: str, e: yaml.MarkedYAMLError) -> ConfigError:
-    """Turn a PyYAML syntax error (several lines of text) into one located ConfigError."""
-    mark = e.problem_mark or e.context_mark
-    parts = []
-    if e.context:
-        context = e.context
-        if e.context_mark is not None and mark is not None and e.context_mark.line != mark.line:
-            context += f" (line {e.context_mark.line + 1})"
-        parts.append(context)
-    if e.problem:
-        parts.append(e.problem)
-    message = "invalid YAML: " + (": ".join(parts) or str(e))
-    if mark is None:
-        return ConfigError(message, path)
-    return ConfigError(message, path, mark.line + 1, mark.column + 1)
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _describe(node: Node) -> str:
-    """Name a node's type for 'expected X, got Y' messages, with the text as written."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    name = _TYPE_NAMES.get(node.tag, f"a value tagged {node.tag}")
-    if node.tag == _TAG + "null":
-        return name
-    return f"{name} ({node.value!r})"
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, else the list of all choices."""
-    choices = list(choices)
-    close = difflib.get_close_matches(word, choices, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (known: {', '.join(choices)})"
-
-
-class _Reader:
-    """Walks the composed node tree, building Config pieces or raising a located ConfigError.
-
-    Each method takes ``where``, the dotted path of the value (e.g. ``groups[1].group``), so
-    messages say which setting is wrong as well as where it is.
-    """
+class _Reader(NodeReader):
+    """Walks the composed node tree, building Config pieces or raising a located ConfigError."""
 
     def __init__(self, path: str, loader: yaml.SafeLoader) -> None:
-        self.path = path
+        super().__init__(path)
         self.loader = loader  # only used to construct scalars the way yaml.safe_load would
-
-    def error(self, node: Node, message: str) -> ConfigError:
-        mark = node.start_mark
-        return ConfigError(message, self.path, mark.line + 1, mark.column + 1)
 
     # --- generic typed accessors ---------------------------------------------------------
 
     def construct(self, node: ScalarNode, where: str) -> Any:
         try:
             return self.loader.construct_object(node)
-        except (ValueError, yaml.YAMLError):  # e.g. `!!int abc`
+        except (ValueError, OverflowError, yaml.YAMLError):  # e.g. `!!int abc`
             raise self.error(node, f"{where}: cannot read {node.value!r} as "
-                                   f"{_TYPE_NAMES.get(node.tag, node.tag)}") from None
+                                   f"{type_name(node.tag)}") from None
 
-    def mapping(self, node: Node, where: str, known: Optional[Tuple[str, ...]],
-                _merging: Tuple[int, ...] = ()) -> Dict[str, Tuple[Node, Node]]:
-        """Return {key: (key node, value node)}; reject duplicate and (if ``known``) unknown keys.
-
-        YAML merge keys (``<<: *anchor``) are honoured, so entries can share settings; keys
-        written in the mapping itself override merged ones, as the YAML spec says.
-        """
-        if not isinstance(node, MappingNode):
-            raise self.error(node, f"{where or 'the top level'}: expected a mapping "
-                                   f"(key: value), got {_describe(node)}")
-        own: Dict[str, Tuple[Node, Node]] = {}
-        merged: Dict[str, Tuple[Node, Node]] = {}
-        for key, value in node.value:
-            if not isinstance(key, ScalarNode):
-                raise self.error(key, f"{where or 'the top level'}: keys must be plain names, "
-                                      f"got {_describe(key)}")
-            name = key.value
-            if name in own:
-                raise self.error(key, f"{_join(where, name)}: duplicate key (first given at "
-                                      f"line {own[name][0].start_mark.line + 1})")
-            if key.tag == _TAG + "merge":
-                own[name] = (key, value)
-                sources = value.value if isinstance(value, SequenceNode) else [value]
-                for source in sources:
-                    if id(source) in _merging or id(source) == id(node):
-                        raise self.error(source, f"{where or 'the top level'}: "
-                                                 "merge key refers to itself")
-                    items = self.mapping(source, where, known, _merging + (id(node),))
-                    for k, kv in items.items():
-                        merged.setdefault(k, kv)  # the first merged mapping wins
-                continue
-            if known is not None and name not in known:
-                raise self.error(key, f"{where + ': ' if where else ''}unknown key {name!r}"
-                                      + _suggest(name, known))
-            own[name] = (key, value)
-        own.pop("<<", None)
-        merged.update(own)
-        return merged
-
-    def sequence(self, node: Node, where: str) -> List[Node]:
+    def sequence(self, node: Node, where: str) -> list[Node]:
         if not isinstance(node, SequenceNode):
             hint = " (write [] for none, or leave the key out for the default)" \
                 if node.tag == _TAG + "null" else ""
@@ -343,7 +199,7 @@ class _Reader:
         hint = "; put it in quotes" if isinstance(node, ScalarNode) and node.value else ""
         raise self.error(node, f"{where}: expected a string, got {_describe(node)}{hint}")
 
-    def integer(self, node: Node, where: str, lo: int, hi: Optional[int]) -> int:
+    def integer(self, node: Node, where: str, lo: int, hi: int | None) -> int:
         # bool is a subclass of int in Python, but `true` is never a sensible buffer size.
         if not (isinstance(node, ScalarNode) and node.tag == _TAG + "int"):
             raise self.error(node, f"{where}: expected an integer, got {_describe(node)}")
@@ -389,14 +245,14 @@ class _Reader:
 
     # --- the config schema ---------------------------------------------------------------
 
-    def config(self, root: Optional[Node]) -> Config:
+    def config(self, root: Node | None) -> Config:
         if root is None or (isinstance(root, ScalarNode) and root.tag == _TAG + "null"):
             return Config(source=self.path)  # empty file: all defaults
         if not isinstance(root, MappingNode):
             raise self.error(root, "the top level must be a mapping of settings (key: value), "
                                    f"got {_describe(root)}")
         keys = self.mapping(root, "", _TOP_KEYS)
-        kw: Dict[str, Any] = {"source": self.path}
+        kw: dict[str, Any] = {"source": self.path}
         if "listen" in keys:
             kw["listen_host"], kw["listen_port"] = self.listen(keys["listen"][1])
         if "metrics_path" in keys:
@@ -417,7 +273,7 @@ class _Reader:
             kw["web_config_file"] = self.web_config_file(keys["web_config_file"][1])
         return Config(**kw)
 
-    def listen(self, node: Node) -> Tuple[str, int]:
+    def listen(self, node: Node) -> tuple[str, int]:
         text = self.string(node, "listen")
         usage = 'use "host:port", e.g. ":10040" (all addresses), "127.0.0.1:10040", "[::1]:10040"'
         host, sep, port = text.rpartition(":")
@@ -462,8 +318,8 @@ class _Reader:
             raise self.error(node, f"log_level: {text!r} is not one of {', '.join(LOG_LEVELS)}")
         return text.lower()
 
-    def labels(self, node: Node) -> Tuple[str, ...]:
-        seen: Dict[str, Node] = {}
+    def labels(self, node: Node) -> tuple[str, ...]:
+        seen: dict[str, Node] = {}
         for i, item in enumerate(self.sequence(node, "labels")):
             where = f"labels[{i}]"
             name = self.string(item, where)
@@ -478,7 +334,7 @@ class _Reader:
             seen[name] = item
         return tuple(seen)
 
-    def actions(self, node: Node) -> Tuple[ActionRule, ...]:
+    def actions(self, node: Node) -> tuple[ActionRule, ...]:
         rules = []
         for i, item in enumerate(self.sequence(node, "actions")):
             where = f"actions[{i}]"
@@ -490,21 +346,23 @@ class _Reader:
             text = self.string(match_node, f"{where}.match")
             try:
                 pattern = re.compile(text, re.IGNORECASE)
-            except re.error as e:
+            except (re.error, OverflowError, RecursionError, ValueError) as e:
+                # OverflowError: a repeat count beyond C's range, `a{99999999999}`.
+                shown = text if len(text) <= 80 else text[:77] + "..."
                 raise self.error(match_node, f"{where}.match: invalid regular expression "
-                                             f"{text!r}: {e}") from None
+                                             f"{shown!r}: {e}") from None
             action = self.string(keys["action"][1], f"{where}.action")
             if not action:
                 raise self.error(keys["action"][1], f"{where}.action: must not be empty")
             rules.append(ActionRule(pattern, action))
         return tuple(rules)
 
-    def groups(self, node: Node) -> Tuple[GroupConfig, ...]:
+    def groups(self, node: Node) -> tuple[GroupConfig, ...]:
         items = self.sequence(node, "groups")
         if not items:
             raise self.error(node, "groups: must list at least one group")
-        groups: List[GroupConfig] = []
-        first: Dict[int, Tuple[int, Node]] = {}  # group number -> (index, node) of its entry
+        groups: list[GroupConfig] = []
+        first: dict[int, tuple[int, Node]] = {}  # group number -> (index, node) of its entry
         for i, item in enumerate(items):
             where = f"groups[{i}]"
             group, group_node = self.group(item, where)
@@ -517,13 +375,13 @@ class _Reader:
             groups.append(group)
         return tuple(groups)
 
-    def group(self, node: Node, where: str) -> Tuple[GroupConfig, Node]:
+    def group(self, node: Node, where: str) -> tuple[GroupConfig, Node]:
         """Return one group entry and the node of its `group:` value (for duplicate errors)."""
         keys = self.mapping(node, where, _GROUP_KEYS)
         if "group" not in keys:
             raise self.error(node, f"{where}: missing required key 'group' (the NFLOG group "
                                    f"number {_GROUP_RANGE[0]}-{_GROUP_RANGE[1]})")
-        kw: Dict[str, Any] = {}
+        kw: dict[str, Any] = {}
         int_ranges = {"group": _GROUP_RANGE, "qthresh": _QTHRESH_RANGE, "nlbuf": _NLBUF_RANGE,
                       "copy_range": _COPY_RANGE_RANGE, "rcvbuf": _RCVBUF_RANGE,
                       "rcvbuf_max": _RCVBUF_RANGE}
@@ -542,7 +400,7 @@ class _Reader:
                                            f"must be at least rcvbuf ({group.rcvbuf})")
         return group, keys["group"][1]
 
-    def constant_labels(self, node: Node, where: str) -> Tuple[Tuple[str, str], ...]:
+    def constant_labels(self, node: Node, where: str) -> tuple[tuple[str, str], ...]:
         labels = []
         for name, (key, value) in self.mapping(node, where, None).items():
             lwhere = f"{where}.{name}"
@@ -565,7 +423,7 @@ class _Reader:
             labels.append((name, text))
         return tuple(labels)
 
-    def web_config_file(self, node: Node) -> Optional[str]:
+    def web_config_file(self, node: Node) -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
             return None
         text = self.string(node, "web_config_file")

@@ -1,8 +1,13 @@
 """The daemon's life: bind the groups, serve, reload on SIGHUP, stop on SIGTERM/SIGINT.
 
-Signals only set flags; the main thread does the work between waits, so a reload never runs inside
-a signal handler and never races a scrape. The main thread also feeds the systemd watchdog, and only
-while every worker's heartbeat advances.
+No signal handler runs, ever: SIGHUP, SIGTERM and SIGINT stay blocked in every thread (see
+block_signals()) and the main thread takes them synchronously with sigtimedwait() between its
+other jobs. A handler would interrupt whatever the main thread holds -- a lock inside
+threading.Event.set() was enough to hang the daemon on a second signal -- and a signal arriving
+between a flag test and a wait would be noticed only at the next tick. Taken synchronously, a stop
+is seen at once, a reload never runs inside a signal handler, and signals that arrive during a
+reload or during the shutdown simply wait (and die with the process). The main thread also feeds
+the systemd watchdog, and only while every worker's heartbeat advances.
 """
 
 from __future__ import annotations
@@ -10,14 +15,13 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
-import threading
 import time
 from typing import Sequence
 
 from . import nflog
 from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
 from .config import Config, ConfigError, GroupConfig, load_config
-from .httpserver import MetricsServer
+from .http import MetricsServer
 from .ifnames import InterfaceNames
 from .notify import Notifier
 from .webconfig import WebConfig, WebConfigError, load_web_config
@@ -28,6 +32,29 @@ log = logging.getLogger("nflogd")
 # A worker whose loop has not turned for this long is stuck (its wait is 0.5 s).
 HEARTBEAT_STALE = 5.0
 STATUS_INTERVAL = 5.0
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+RELOAD_SIGNAL = signal.SIGHUP
+TAKEN_SIGNALS = STOP_SIGNALS | {RELOAD_SIGNAL}
+
+
+def block_signals() -> None:
+    """Block the signals the daemon takes with sigtimedwait(), in this thread and in every thread
+    started from it afterwards (threads inherit the mask). Call before starting any thread."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, TAKEN_SIGNALS)
+
+
+def take_signals(timeout: float) -> set[int]:
+    """The signals that arrived, waiting up to ``timeout`` seconds for the first one.
+
+    Standard signals do not queue: many SIGHUPs sent during one reload are one pending SIGHUP,
+    which is what a reload wants (the file is read once more, after the last change).
+    """
+    info = signal.sigtimedwait(TAKEN_SIGNALS, max(timeout, 0.0))
+    got: set[int] = set()
+    while info is not None:
+        got.add(info.si_signo)
+        info = signal.sigtimedwait(TAKEN_SIGNALS, 0)
+    return got
 
 
 class StartupError(Exception):
@@ -39,45 +66,42 @@ class ReloadError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str | None, web_config_path: str | None,
+    def __init__(self, cfg: Config, config_path: str | None, web_config_path: str | None,
                  notifier: Notifier | None = None) -> None:
-        self.config = config
+        self.cfg = cfg
         self.config_path = config_path
         self.web_config_path = web_config_path
         self.notifier = notifier or Notifier()
         self.ifnames = InterfaceNames()
         self.reload_status = ReloadStatus()
-        self.budget = nflog.SeriesBudget(config.max_series)
+        self.budget = nflog.SeriesBudget(cfg.max_series)
         self.workers: dict[int, GroupWorker] = {}
         self._retired_overflow = 0
-        self._wake = threading.Event()
-        self._stop_requested = False
-        self._reload_requested = False
         self.server: MetricsServer | None = None
         self.exposition = Exposition(
             RecordCounters(self.ifnames),
-            HealthCollector(self.worker_list, lambda: self.config, self.reload_status,
+            HealthCollector(self.worker_list, lambda: self.cfg, self.reload_status,
                             lambda: self._retired_overflow,
                             lambda: self.server.stats() if self.server else None),
-            self.worker_list, lambda: self.config, self.ifnames)
+            self.worker_list, lambda: self.cfg, self.ifnames)
 
     def worker_list(self) -> Sequence[GroupWorker]:
         return list(self.workers.values())
 
     # -- start --------------------------------------------------------------------------------
-    def _new_worker(self, gcfg: GroupConfig, cfg: Config) -> GroupWorker:
-        return GroupWorker(gcfg, fields_for(cfg.labels), self.budget, cfg.series_ttl)
+    def _new_worker(self, group_cfg: GroupConfig, cfg: Config) -> GroupWorker:
+        return GroupWorker(group_cfg, fields_for(cfg.labels), self.budget, cfg.series_ttl)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
         errors = []
-        for gcfg in cfg.groups:
-            w = self._new_worker(gcfg, cfg)
+        for group_cfg in cfg.groups:
+            w = self._new_worker(group_cfg, cfg)
             try:
                 w.bind()
             except (nflog.NflogError, ValueError) as e:
                 errors.append(reason(e))
-            self.workers[gcfg.group] = w
+            self.workers[group_cfg.group] = w
         return errors
 
     def _web_config(self, cfg: Config) -> WebConfig | None:
@@ -85,11 +109,22 @@ class Daemon:
         return load_web_config(path) if path else None
 
     def _make_server(self, cfg: Config, web: WebConfig | None) -> MetricsServer:
-        return MetricsServer(cfg.listen_host, cfg.listen_port, metrics_path=cfg.metrics_path,
-                             render=self.exposition.render, web_config=web)
+        return MetricsServer([(cfg.listen_host, cfg.listen_port)], metrics_path=cfg.metrics_path,
+                             render=self.exposition.render, web_config=web,
+                             readiness=self.readiness)
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /-/ready: every configured group bound (cheap: it runs on the HTTP event loop)."""
+        unbound = sorted(g for g, w in list(self.workers.items()) if not w.stats().bound)
+        if unbound:
+            return False, "groups not bound: " + ", ".join(map(str, unbound))
+        return True, ""
 
     def start(self) -> None:
-        cfg = self.config
+        # systemd's watchdog kills with SIGABRT: print every thread's stack to stderr (the journal)
+        # first, so the operator sees where the stuck worker hangs; a crash in C alike.
+        faulthandler.enable(all_threads=True)
+        cfg = self.cfg
         web = self._web_config(cfg)
         errors = self._bind_all(cfg)
         if len(errors) == len(cfg.groups):
@@ -110,34 +145,21 @@ class Daemon:
                  cfg.metrics_path)
         self.notifier.ready(self._status_text())
 
-    # -- run ----------------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        # systemd's watchdog kills with SIGABRT: print every thread's stack to stderr (the journal)
-        # first, so the operator sees where the stuck worker hangs; a crash in C alike.
-        faulthandler.enable(all_threads=True)
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def _on_stop_signal(self, signum: int, frame: object) -> None:
-        self._stop_requested = True
-        self._wake.set()
-
-    def _on_hup(self, signum: int, frame: object) -> None:
-        self._reload_requested = True
-        self._wake.set()
-
+    # -- run ---------------------------------------------------------------------------------
     def run(self) -> None:
-        """Serve until a stop signal; returns after a clean shutdown."""
+        """Serve until a stop signal; returns after a clean shutdown.
+
+        The signals in TAKEN_SIGNALS must be blocked (block_signals()) in every thread.
+        """
         interval = self.notifier.watchdog_interval
         tick = min(interval, STATUS_INTERVAL) if interval else STATUS_INTERVAL
         last_status = time.monotonic()
         last_received = self._received()
-        while not self._stop_requested:
-            self._wake.wait(tick)
-            self._wake.clear()
-            if self._reload_requested and not self._stop_requested:
-                self._reload_requested = False
+        while True:
+            got = take_signals(tick)
+            if got & STOP_SIGNALS:
+                break  # a SIGHUP that came with it is dropped: no reload on the way out
+            if RELOAD_SIGNAL in got:
                 self.reload()
             if interval and self.workers_alive():
                 self.notifier.watchdog()
@@ -171,9 +193,9 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.config_path or "built-in defaults")
         try:
-            new = load_config(self.config_path) if self.config_path else self.config
-            web = self._web_config(new)
-            self._apply(new, web)
+            cfg = load_config(self.config_path) if self.config_path else self.cfg
+            web = self._web_config(cfg)
+            self._apply(cfg, web)
         except (ConfigError, WebConfigError, ReloadError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             self.reload_status.record(False)
@@ -184,13 +206,13 @@ class Daemon:
         log.info("reloaded: %d groups", len(self.workers))
         return True
 
-    def _apply(self, new: Config, web: WebConfig | None) -> None:
-        """Make the running daemon match new. The endpoint goes first: if the server refuses the
+    def _apply(self, cfg: Config, web: WebConfig | None) -> None:
+        """Make the running daemon match cfg. The endpoint goes first: if the server refuses the
         web config or the new address cannot listen, this raises and nothing has changed."""
-        old = self.config
+        old = self.cfg
         assert self.server is not None
-        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port):
-            server = self._make_server(new, web)
+        if (cfg.listen_host, cfg.listen_port) != (old.listen_host, old.listen_port):
+            server = self._make_server(cfg, web)
             try:
                 server.start()  # the old one keeps serving until the new one listens
             except OSError as e:
@@ -199,34 +221,34 @@ class Daemon:
             self.server = server
         else:
             self.server.reload(web)  # raises WebConfigError, keeping the old web config
-            self.server.set_metrics_path(new.metrics_path)
-        self.budget.limit = new.max_series
-        fields = fields_for(new.labels)
-        wanted = {g.group: g for g in new.groups}
+            self.server.set_metrics_path(cfg.metrics_path)
+        self.budget.limit = cfg.max_series
+        fields = fields_for(cfg.labels)
+        wanted = {g.group: g for g in cfg.groups}
         for group in [g for g in self.workers if g not in wanted]:
             self._retire_worker(group)
-        for group, gcfg in wanted.items():
+        for group, group_cfg in wanted.items():
             w = self.workers.get(group)
             if w is not None:
-                w.reconfigure(gcfg)  # in place: the group stays bound, nothing is lost
+                w.reconfigure(group_cfg)  # in place: the group stays bound, nothing is lost
                 w.relabel(fields)  # atomic: the old rows' counts move into the remainder
-                w.set_series_ttl(new.series_ttl)
+                w.set_series_ttl(cfg.series_ttl)
                 continue
-            w = self._new_worker(gcfg, new)
+            w = self._new_worker(group_cfg, cfg)
             try:
                 w.bind()
             except (nflog.NflogError, ValueError) as e:
                 log.error("%s; retrying in the background", reason(e))
             self.workers[group] = w
             w.start()
-        self.config = new
+        self.cfg = cfg
 
     def _retire_worker(self, group: int) -> None:
         w = self.workers.pop(group)
         w.stop()
         w.join(2.0)
         self._retired_overflow += w.aggregator.churn[3]  # records that arrived in its remainder
-        w.aggregator.clear()  # give its keys back to the shared budget now, not at garbage collection
+        w.aggregator.clear()  # its keys go back to the shared budget now, not at collection
         log.info("group %d: removed", group)
 
     # -- stop ---------------------------------------------------------------------------------

@@ -1,43 +1,37 @@
 """sd_notify(3) for a Type=notify service: READY, RELOADING, STOPPING, STATUS and the watchdog.
 
-A thin wrapper over the `sdnotify` package, which does the sending but swallows every error, reads
-NOTIFY_SOCKET from os.environ only, connects once at construction (never again) and knows nothing of
-WATCHDOG_USEC/WATCHDOG_PID or MONOTONIC_USEC. Here errors are logged (once, then at debug level) and
-never raised: a notification that cannot be sent must not take the daemon down, but the operator
-must be able to see why systemd timed it out.
+The sending is sdnotify's public API: ``SystemdNotifier(debug=True)`` connects to $NOTIFY_SOCKET
+(raising, with debug=True, instead of staying silent) and ``notify(state)`` sends one datagram.
+Added here is only what it lacks:
+- checking $NOTIFY_SOCKET first: libsystemd accepts only absolute paths and "@abstract" names,
+  sdnotify would connect a relative path against the working directory;
+- connecting lazily, and again after any failure (sdnotify connects once, in its constructor), so a
+  manager that binds its socket later, or binds it again, is still reached;
+- WATCHDOG_USEC/WATCHDOG_PID and MONOTONIC_USEC, which sdnotify knows nothing of;
+- UTF-8 text (below, in _send) and one-line, bounded STATUS values;
+- errors logged once (then at debug level), never raised: a notification that cannot be sent must
+  not take the daemon down, but the operator must be able to see why systemd timed it out.
+Like sdnotify and libsystemd, it reads the process environment (os.environ).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
-from typing import Mapping, Optional
+from typing import Mapping
 
 import sdnotify
 
 log = logging.getLogger("nflogd.notify")
 
 
-class _Sender(sdnotify.SystemdNotifier):
-    """sdnotify's sender on a socket we connected ourselves.
-
-    Its own __init__ would read os.environ and hide a failed connect; debug=True makes notify() raise,
-    so the caller decides what to log.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        # super().__init__ deliberately not called: it would connect a socket of its own.
-        self.debug = True
-        self.socket = sock
-
-
-def _address(value: str) -> Optional[str]:
+def _address(value: str) -> str | None:
     """The AF_UNIX address for a NOTIFY_SOCKET value, or None when it is not one we can use.
 
-    "@name" is an abstract socket (a leading NUL byte); otherwise libsystemd accepts only absolute paths.
+    "@name" is an abstract socket (a leading NUL byte); otherwise libsystemd accepts only absolute
+    paths.
     """
     if value.startswith("@") and len(value) > 1:
         return "\0" + value[1:]
@@ -63,21 +57,21 @@ class Notifier:
     Thread-safe: the watchdog pings from its own thread while the main thread reports reloads.
     """
 
-    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
-        env = os.environ if environ is None else environ
+    def __init__(self) -> None:
+        env = os.environ
         raw = env.get("NOTIFY_SOCKET", "")
         self._addr = _address(raw) if raw else None
         if raw and self._addr is None:
             log.warning("NOTIFY_SOCKET=%r is neither an absolute path nor an abstract name (@...): "
                         "not notifying the service manager", raw)
         self.enabled: bool = self._addr is not None
-        self.watchdog_interval: Optional[float] = self._interval(env) if self.enabled else None
-        self._sender: Optional[_Sender] = None
+        self.watchdog_interval: float | None = self._interval(env) if self.enabled else None
+        self._sender: sdnotify.SystemdNotifier | None = None
         self._lock = threading.Lock()
         self._warned = False
 
     @staticmethod
-    def _interval(env: Mapping[str, str]) -> Optional[float]:
+    def _interval(env: Mapping[str, str]) -> float | None:
         """Seconds between watchdog pings: half of WATCHDOG_USEC, as sd_watchdog_enabled(3) advises.
 
         None when the watchdog is off, malformed, or meant for another process (WATCHDOG_PID: a
@@ -99,7 +93,7 @@ class Notifier:
         return usec / 2 / 1_000_000
 
     # -- the messages --------------------------------------------------------------------------
-    def ready(self, status: Optional[str] = None) -> bool:
+    def ready(self, status: str | None = None) -> bool:
         lines = ["READY=1"]
         if status is not None:
             lines.append("STATUS=" + _one_line(status))
@@ -125,27 +119,22 @@ class Notifier:
         """Send one datagram; True when it was handed to the kernel. Never raises."""
         if self._addr is None:
             return False
-        # sdnotify encodes as latin-1 (and fails on anything else); systemd reads UTF-8. Handing it
-        # the UTF-8 bytes spelt as latin-1 characters makes it send exactly those bytes.
+        # systemd reads the datagram as UTF-8; sdnotify encodes the str it is given as latin-1
+        # (codecs.latin_1_encode), which maps code points 0-255 one to one onto the bytes 0-255. The
+        # UTF-8 bytes decoded as latin-1 are therefore exactly the str that sdnotify turns back into
+        # those bytes: text outside latin-1 is sent intact instead of raising UnicodeEncodeError,
+        # and é goes out as UTF-8 rather than as the invalid single byte 0xe9.
         wire = state.encode("utf-8", "backslashreplace").decode("latin-1")
         with self._lock:
             try:
                 if self._sender is None:
-                    # Connected lazily and again after a failure, so a manager that (re)binds its
-                    # socket later is still reached; sdnotify alone would stay silent forever.
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                    try:
-                        sock.connect(self._addr)
-                    except BaseException:
-                        sock.close()
-                        raise
-                    self._sender = _Sender(sock)
+                    # Connected lazily and again after a failure; debug=True makes sdnotify raise
+                    # what went wrong instead of keeping a dead notifier.
+                    self._sender = sdnotify.SystemdNotifier(debug=True)
                 self._sender.notify(wire)
                 return True
             except Exception as exc:  # OSError mostly; anything from sdnotify alike
-                if self._sender is not None:
-                    self._sender.socket.close()
-                    self._sender = None
+                self._drop()
                 name = self._addr.replace("\0", "@", 1)
                 first = state.splitlines()[0]
                 if not self._warned:
@@ -156,8 +145,13 @@ class Notifier:
                     log.debug("cannot notify the service manager at %s (%s): %s", name, first, exc)
                 return False
 
+    def _drop(self) -> None:
+        # SystemdNotifier has no close(); its socket attribute is the connection it made (None
+        # when its constructor failed).
+        if self._sender is not None and self._sender.socket is not None:
+            self._sender.socket.close()
+        self._sender = None
+
     def close(self) -> None:
         with self._lock:
-            if self._sender is not None:
-                self._sender.socket.close()
-                self._sender = None
+            self._drop()

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from .yamlreader import ConfigError, NodeReader, compose_file, is_null
+
 __all__ = [
     "WebConfigError",
     "TLSServerConfig",
@@ -28,15 +30,12 @@ __all__ = [
 ]
 
 
-class WebConfigError(Exception):
-    """A web config problem, always one line: `FILE:LINE: message` (or `FILE: message` with no line)."""
+class WebConfigError(ConfigError):
+    """A web config problem, one line: `FILE:LINE[:COL]: message` (`FILE: message` with no line).
 
-    def __init__(self, path: str, line: int | None, message: str) -> None:
-        self.path = path
-        self.line = line
-        self.message = " ".join(message.split())  # one line, whatever an OS or OpenSSL error said
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {self.message}")
+    The same shape as the config's errors, ConfigError(path, line, column, message); a class of
+    its own so that callers can tell which file it was.
+    """
 
 
 # client_auth_type values that Python's ssl implements exactly, mapped to its verify modes.
@@ -126,47 +125,47 @@ class WebConfig:
 
 # --- YAML walking with line numbers ---------------------------------------------------------------
 
-class _Doc:
-    """Turns yaml nodes into checked values; every error names the file and the node's line."""
+class _Doc(NodeReader):
+    """Turns yaml nodes into checked values as Go's yaml.v2 would (any scalar is a string, null
+    is empty, no merge keys); every error names the file and the node's line and column."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    error_type = WebConfigError
 
-    def err(self, node: yaml.Node | None, message: str) -> WebConfigError:
-        return WebConfigError(self.path, _line(node), message)
-
-    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...] | None
+    def mapping(self, node: yaml.Node, where: str, known: tuple[str, ...] | None, *,
+                merge: bool = False, _merging: tuple[int, ...] = ()
                 ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """key -> (key node, value node); duplicates and (if `allowed`) unknown keys are errors."""
-        if _is_null(node):
+        """key -> (key node, value node); duplicates and (if `known`) unknown keys are errors.
+        A merge key (`<<`) is an unknown key here, whatever ``merge`` says."""
+        allowed = known
+        if is_null(node):
             return {}
         if not isinstance(node, yaml.MappingNode):
-            raise self.err(node, f"{where} must be a mapping")
+            raise self.error(node, f"{where} must be a mapping")
         out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for knode, vnode in node.value:
             if not isinstance(knode, yaml.ScalarNode):
-                raise self.err(knode, f"{where}: keys must be strings")
+                raise self.error(knode, f"{where}: keys must be strings")
             key = knode.value
             name = f"{where}.{key}" if where else key
             if key in out:
-                raise self.err(knode, f"duplicate key {name}")
+                raise self.error(knode, f"duplicate key {name}")
             if allowed is not None and key not in allowed:
-                raise self.err(knode, f"unknown key {name} (expected one of: {', '.join(allowed)})")
+                raise self.error(knode, f"unknown key {name} (expected one of: {', '.join(allowed)})")
             out[key] = (knode, vnode)
         return out
 
     def string(self, node: yaml.Node, name: str) -> str:
         """Any scalar as its text, as yaml.v2 does for a Go string field; null -> ""."""
-        if _is_null(node):
+        if is_null(node):
             return ""
         if not isinstance(node, yaml.ScalarNode):
-            raise self.err(node, f"{name} must be a string")
-        return node.value
+            raise self.error(node, f"{name} must be a string")
+        return str(node.value)
 
     def boolean(self, node: yaml.Node, name: str) -> bool:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
             return node.value.lower() in ("true", "yes", "on")
-        raise self.err(node, f"{name} must be true or false")
+        raise self.error(node, f"{name} must be true or false")
 
     def integer(self, node: yaml.Node, name: str) -> int:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
@@ -174,22 +173,19 @@ class _Doc:
                 return int(node.value.replace("_", ""), 0)
             except ValueError:
                 pass
-        raise self.err(node, f"{name} must be an integer")
+        raise self.error(node, f"{name} must be an integer")
 
     def strings(self, node: yaml.Node, name: str) -> list[str]:
-        if _is_null(node):
+        if is_null(node):
             return []
         if not isinstance(node, yaml.SequenceNode):
-            raise self.err(node, f"{name} must be a list")
+            raise self.error(node, f"{name} must be a list")
         return [self.string(item, f"{name} item") for item in node.value]
 
 
 def _line(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
 def _join(base: str, path: str) -> str | None:
@@ -217,19 +213,9 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     `nflogd --check-config` catches a bad certificate before the daemon does. Raises WebConfigError.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        raise WebConfigError(path, None, f"cannot read web config file: {e.strerror}") from None
+    root, loader = compose_file(path, "web config file", WebConfigError)
+    loader.dispose()  # values are read as text, as yaml.v2 does: no constructing
     doc = _Doc(path)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise WebConfigError(path, mark.line + 1 if mark else None,
-                             f"invalid YAML: {problem}") from None
     if root is None:  # an empty file: no TLS, no auth, as exporter-toolkit
         return WebConfig(path=path)
     top = doc.mapping(root, "", _TOP_KEYS)
@@ -244,7 +230,7 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
         knode, vnode = top["basic_auth_excluded_paths"]
         excluded = doc.strings(vnode, "basic_auth_excluded_paths")
         if excluded and not users:
-            raise doc.err(knode, "basic_auth_excluded_paths is set but basic_auth_users is empty")
+            raise doc.error(knode, "basic_auth_excluded_paths is set but basic_auth_users is empty")
     headers = _http(doc, top["http_server_config"][1]) if "http_server_config" in top else {}
     rate = _rate(doc, top["rate_limit"][1]) if "rate_limit" in top else None
 
@@ -269,8 +255,8 @@ def _tls(doc: _Doc, nodes: tuple[yaml.Node, yaml.Node], base: str) -> TLSServerC
     def s(key: str) -> str:
         return doc.string(m[key][1], f"tls_server_config.{key}") if key in m else ""
 
-    def err(key: str, message: str) -> WebConfigError:
-        return doc.err(m[key][0] if key in m else knode, message)
+    def err(key: str, message: str) -> ConfigError:
+        return doc.error(m[key][0] if key in m else knode, message)
 
     cert, key, client_ca = s("cert"), s("key"), s("client_ca")
     cert_file, key_file, client_ca_file = s("cert_file"), s("key_file"), s("client_ca_file")
@@ -367,10 +353,10 @@ def _users(doc: _Doc, node: yaml.Node) -> dict[str, str]:
     for user, (knode, vnode) in doc.mapping(node, "basic_auth_users", None).items():
         if ":" in user:
             # Basic auth splits user:password at the first colon: this user could never log in
-            raise doc.err(knode, f"basic_auth_users: user name {user!r} contains ':'")
+            raise doc.error(knode, f"basic_auth_users: user name {user!r} contains ':'")
         h = doc.string(vnode, f"basic_auth_users.{user}")
         if not _BCRYPT.fullmatch(h):
-            raise doc.err(vnode, f"basic_auth_users.{user} is not a bcrypt hash "
+            raise doc.error(vnode, f"basic_auth_users.{user} is not a bcrypt hash "
                                  "(make one with: htpasswd -nBC 10 '' | tr -d ':\\n')")
         users[user] = h
     return users
@@ -379,7 +365,7 @@ def _users(doc: _Doc, node: yaml.Node) -> dict[str, str]:
 def _http(doc: _Doc, node: yaml.Node) -> dict[str, str]:
     m = doc.mapping(node, "http_server_config", _HTTP_KEYS)
     if "http2" in m and doc.boolean(m["http2"][1], "http_server_config.http2"):
-        raise doc.err(m["http2"][0], "http_server_config.http2 true is not supported: nflogd "
+        raise doc.error(m["http2"][0], "http_server_config.http2 true is not supported: nflogd "
                                      "serves HTTP/1.1 only; remove the key or set it to false")
     headers: dict[str, str] = {}
     if "headers" in m:
@@ -388,13 +374,13 @@ def _http(doc: _Doc, node: yaml.Node) -> dict[str, str]:
             value = doc.string(vnode, f"http_server_config.headers.{name}")
             allowed = _HEADERS.get(name)
             if allowed is None:
-                raise doc.err(knode, f"HTTP header {name!r} can not be configured (allowed: "
+                raise doc.error(knode, f"HTTP header {name!r} can not be configured (allowed: "
                                      f"{', '.join(_HEADERS)})")
             if allowed and value and value not in allowed:
-                raise doc.err(vnode, f"invalid value for {name}: {value!r} (expected one of: "
+                raise doc.error(vnode, f"invalid value for {name}: {value!r} (expected one of: "
                                      f"{', '.join(allowed)})")
             if any(c in value for c in "\r\n\0"):
-                raise doc.err(vnode, f"http_server_config.headers.{name} contains a control character")
+                raise doc.error(vnode, f"http_server_config.headers.{name} contains a control character")
             if value:  # "Unset if blank"
                 headers[name] = value
     return headers
@@ -409,7 +395,7 @@ def _rate(doc: _Doc, node: yaml.Node) -> RateLimit | None:
     if interval <= 0:
         return None  # "set to 0 to disable rate limiter"
     if burst < 1:
-        raise doc.err(m["burst"][0] if "burst" in m else node,
+        raise doc.error(m["burst"][0] if "burst" in m else node,
                       "rate_limit.burst must be at least 1 (0 would refuse every request)")
     return RateLimit(interval=interval, burst=burst)
 
@@ -426,7 +412,7 @@ def _go_duration(doc: _Doc, node: yaml.Node, name: str) -> float:
         total += float(match.group(1)) * _GO_DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or pos == 0:
-        raise doc.err(node, f"{name}: invalid duration {text!r} (e.g. 1s, 250ms, 1m30s)")
+        raise doc.error(node, f"{name}: invalid duration {text!r} (e.g. 1s, 250ms, 1m30s)")
     return total
 
 
@@ -455,7 +441,8 @@ def build_ssl_context(config: WebConfig) -> ssl.SSLContext | None:
     def fail(key: str, what: str, e: Exception) -> WebConfigError:
         reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e)
         reason = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(reason))  # where in CPython: noise here
-        return WebConfigError(t.source, t.line(key), f"tls_server_config.{key}: {what}: {reason}")
+        return WebConfigError(t.source, t.line(key), None,
+                              f"tls_server_config.{key}: {what}: {reason}")
 
     for key, path in (("cert_file", t.cert_file), ("key_file", t.key_file)):
         if path:
@@ -489,8 +476,8 @@ def build_ssl_context(config: WebConfig) -> ssl.SSLContext | None:
             raise fail(key, f"cannot load client CA {t.client_ca_file or '(inline)'}", e) from None
         if not ctx.get_ca_certs():
             key = "client_ca_file" if t.client_ca_file else "client_ca"
-            raise WebConfigError(t.source, t.line(key), f"tls_server_config.{key}: no CA "
-                                                        "certificate found")
+            raise WebConfigError(t.source, t.line(key), None,
+                                 f"tls_server_config.{key}: no CA certificate found")
     return ctx
 
 

@@ -5,10 +5,22 @@ Aggregator for its whole life, so the counters keep counting across socket resta
 (a change of labels re-keys it in place, see relabel()). Between two aggregate() calls it ticks the
 Aggregator: the series budget's clock and its once-a-second sweep. Loss seen in sequence gaps
 doubles the receive buffer, up to the configured maximum, as ulogd2 does on ENOBUFS.
+
+Failures, and what each costs:
+- A failed read of a socket that still works (EIO or ENOMEM from recvfrom, EINVAL from poll, ...)
+  keeps the socket: the group stays bound, the kernel keeps queueing into it, and the sequence
+  numbers go on, so whatever the kernel had to drop meanwhile is still counted in ``lost``. The
+  read is retried at once, then after a short pause that doubles while the failures go on.
+- A socket that is gone (DEAD_SOCKET_ERRNOS), or whose every read failed for
+  READ_FAILING_REPLACE seconds, is replaced at once; binding again backs off only when it fails
+  again. While no socket holds the group, the kernel logs to nobody: those records cannot be
+  counted, so the time is shown instead (``unbound_seconds``, ``bound`` False, a log line when
+  the socket fails and one when the group is bound again).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -22,8 +34,21 @@ log = logging.getLogger("nflogd.worker")
 
 # How long one aggregate() call may wait: bounds the heartbeat period and reaction to stop().
 WAIT_SECONDS = 0.5
-BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 30.0
+# Pauses between attempts after the first one failed (binding again, or reading a kept socket):
+# short, since every second without reading risks loss and every second unbound is uncounted.
+BIND_RETRY_FIRST = 0.1
+BIND_RETRY_MAX = 2.0
+READ_RETRY_FIRST = 0.001
+READ_RETRY_MAX = 0.5
+# A socket whose every read has failed for this long is replaced after all: a new one is the only
+# hope left, worth the records that go uncounted while it is swapped.
+READ_FAILING_REPLACE = 10.0
+# Errors after which the socket cannot deliver again: it is replaced. Anything else (EIO, ENOMEM,
+# EINVAL, ...) is taken as passing, and the socket kept, so no queued record and no sequence
+# number is lost with it.
+DEAD_SOCKET_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.ENOTCONN, errno.ECONNRESET,
+                                errno.EPIPE, errno.ESHUTDOWN, errno.ENODEV, errno.ENXIO,
+                                errno.ECONNREFUSED})
 # The shared SeriesBudget (max_series over all groups) is the limit, not a per-group one.
 NO_KEY_LIMIT = 2**32 - 2
 
@@ -46,7 +71,9 @@ class WorkerStats:
     decode_errors: int
     rcvbuf: int
     last_message_time: float | None
-    restarts: int
+    restarts: int  # sockets replaced after they failed
+    receive_errors: int  # failed reads that kept the socket (nothing uncounted)
+    unbound_seconds: float  # time the group had no socket since the worker was made
     heartbeat: float  # time.monotonic() of the worker's last loop turn
     error: str | None
 
@@ -90,17 +117,24 @@ class GroupWorker(threading.Thread):
         self._last_message_time: float | None = None  # of retired handles
         self._stop_event = threading.Event()
         self._restarts = 0
+        self._receive_errors = 0
+        self._read_streak = 0  # failed reads in a row, on the kept socket
+        self._read_failing_since = 0.0  # monotonic time of the streak's first failure
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
         self._heartbeat = time.monotonic()
-        # For testing the watchdog only: this group's worker stops beating once running.
-        self._stall = os.environ.get("NFLOGD_TEST_STALL_GROUP") == str(cfg.group)
+        self._unbound_total = 0.0
+        self._unbound_since: float | None = None  # monotonic time the group lost its socket
 
     # -- control, from the daemon's thread ----------------------------------------------------
     def bind(self) -> None:
         """Bind the group now (raises nflog.NflogError/ValueError); start() then reads it."""
         with self._lock:
-            self._handle = self._open()
+            try:
+                self._handle = self._open()
+            except (nflog.NflogError, ValueError):
+                self._unbound_since = time.monotonic()
+                raise
 
     def reconfigure(self, cfg: GroupConfig) -> None:
         """Apply new group settings to the bound socket in place: the group stays bound, so
@@ -143,9 +177,9 @@ class GroupWorker(threading.Thread):
             h, t = self._handle, self._totals
             live = h is not None and not h.closed
             rcvbuf = 0
-            if live:
+            if h is not None and live:
                 try:
-                    rcvbuf = h.rcvbuf
+                    rcvbuf = h.kernel_rcvbuf  # the metric is the kernel's figure
                 except nflog.NflogError:
                     live = False
             # A closed handle still counts until _retire_handle() moves its counters into the
@@ -157,14 +191,29 @@ class GroupWorker(threading.Thread):
                 enobufs=t.enobufs + cur.drops, truncated=t.truncated + cur.truncated,
                 decode_errors=t.decode_errors + cur.decode_errors, rcvbuf=rcvbuf,
                 last_message_time=cur.last_message_time or self._last_message_time,
-                restarts=self._restarts, heartbeat=self._heartbeat, error=self._error)
+                restarts=self._restarts, receive_errors=self._receive_errors,
+                unbound_seconds=self._unbound_seconds(), heartbeat=self._heartbeat,
+                error=self._error)
+
+    def _unbound_seconds(self) -> float:
+        since = self._unbound_since
+        return self._unbound_total + (time.monotonic() - since if since is not None else 0.0)
+
+    def _mark_bound(self) -> float:
+        """Stop the unbound clock (lock held); returns how long this stretch lasted."""
+        if self._unbound_since is None:
+            return 0.0
+        stretch = time.monotonic() - self._unbound_since
+        self._unbound_total += stretch
+        self._unbound_since = None
+        return stretch
 
     # -- the thread ---------------------------------------------------------------------------
     def _open(self) -> nflog.Nflog:
-        c = self.cfg
-        h = nflog.open(c.group, timeout=c.timeout, qthresh=c.qthresh, nlbuf=c.nlbuf,
+        cfg = self.cfg
+        h = nflog.open(cfg.group, timeout=cfg.timeout, qthresh=cfg.qthresh, nlbuf=cfg.nlbuf,
                        rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
-                       copymode=nflog.COPY_PACKET, copyrange=c.copy_range, seq=True)
+                       copymode=nflog.COPY_PACKET, copyrange=cfg.copy_range, seq=True)
         self._error = None
         return h
 
@@ -176,9 +225,11 @@ class GroupWorker(threading.Thread):
                 self._last_message_time = (self._handle.last_message_time
                                            or self._last_message_time)
                 self._handle = None
+                if self._unbound_since is None and not self._stop_event.is_set():
+                    self._unbound_since = time.monotonic()
 
     def run(self) -> None:
-        backoff = BACKOFF_FIRST
+        bind_retry = 0.0  # the first attempt to bind again is immediate
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
             self.aggregator.tick()
@@ -186,38 +237,70 @@ class GroupWorker(threading.Thread):
             if h is None or h.closed:
                 if h is not None:
                     self._retire_handle()
+                if bind_retry:
+                    self._stop_event.wait(bind_retry)
+                    if self._stop_event.is_set():
+                        break
                 try:
                     with self._lock:
                         self._handle = h = self._open()
-                    backoff = BACKOFF_FIRST
-                    log.info("group %d: bound", self.cfg.group)
+                        unbound = self._mark_bound()
                 except (nflog.NflogError, ValueError) as e:
+                    if self._unbound_since is None:
+                        self._unbound_since = time.monotonic()
+                    first = not bind_retry
                     self._error = reason(e)
-                    log.error("%s; retrying in %.0f s", self._error, backoff)
-                    self._stop_event.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    bind_retry = min(max(bind_retry * 2, BIND_RETRY_FIRST), BIND_RETRY_MAX)
+                    # Once per outage at error level, not once per attempt.
+                    (log.error if first else log.debug)(
+                        "%s; the group is not bound (its records go uncounted); retrying",
+                        self._error)
                     continue
+                bind_retry = 0.0
+                log.info("group %d: bound%s", self.cfg.group,
+                         f" again after {unbound:.3f} s unbound" if self._restarts else "")
             try:
                 self._drain(h)
             except nflog.NflogClosedError:
                 continue  # stop(), or reconfigure(): the loop decides
             except nflog.NflogError as e:
-                self._restarts += 1
-                self._error = reason(e)
-                log.error("group %d: socket failed: %s; restarting in %.0f s", self.cfg.group,
-                          self._error, backoff)
-                self._retire_handle()
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                failing = time.monotonic() - self._read_failing_since if self._read_streak else 0.0
+                if e.errno in DEAD_SOCKET_ERRNOS or failing > READ_FAILING_REPLACE:
+                    self._restarts += 1
+                    self._error = reason(e)
+                    why = os.strerror(e.errno) if e.errno else "no errno"
+                    if e.errno not in DEAD_SOCKET_ERRNOS:
+                        why += f", every read for {failing:.0f} s"
+                    log.error("group %d: socket failed (%s: %s): replacing it; records logged "
+                              "while the group is unbound go uncounted", self.cfg.group,
+                              self._error, why)
+                    self._read_streak = 0
+                    self._retire_handle()
+                else:
+                    self._read_failed(e)
         self._retire_handle()
+
+    def _read_failed(self, e: nflog.NflogError) -> None:
+        """A failed read of a socket that is kept: count it, pause a little if it repeats."""
+        self._receive_errors += 1
+        self._read_streak += 1
+        if self._read_streak == 1:
+            self._read_failing_since = time.monotonic()
+            log.warning("group %d: %s (%s); keeping the socket (the group stays bound, "
+                        "sequence numbers count any loss) and reading on", self.cfg.group,
+                        reason(e), os.strerror(e.errno) if e.errno else "no errno")
+            return  # retry at once
+        self._stop_event.wait(min(READ_RETRY_FIRST * 2 ** min(self._read_streak, 20),
+                                  READ_RETRY_MAX))
 
     def _drain(self, h: nflog.Nflog) -> None:
         lost_seen = h.lost
         while not self._stop_event.is_set():
-            if self._stall:
-                self._stop_event.wait()  # simulated hang: no heartbeat
-                return
             h.aggregate(self.aggregator, timeout=WAIT_SECONDS)
+            if self._read_streak:
+                log.info("group %d: reading again after %d failed reads", self.cfg.group,
+                         self._read_streak)
+                self._read_streak = 0
             self._heartbeat = time.monotonic()
             self.aggregator.tick()  # the budget's clock and sweep: once a call, not per record
             if h.lost != lost_seen:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
+import select
 import selectors
 import shutil
 import socket
@@ -22,15 +24,22 @@ import time
 from pathlib import Path
 
 import pytest
-
 from netns import REPO, SYSTEM_PYTHON, VENV_PYTHON, Netns, unused_uids, veth_pair
-from nflog_support import (assert_quiet, hang_guard, mac_of, open_in, read_n,
-                           require_root, rule_counts)
+from nflog_support import (
+    assert_quiet,
+    hang_guard,
+    mac_of,
+    open_in,
+    read_n,
+    require_root,
+    rule_counts,
+)
+
 from nflogd import nflog
 
-# Every attribute NflogData has: nflogr's fourteen, then ours.
-NFLOGR_ATTRS = ["proto", "hwtype", "nfmark", "timestamp", "indev", "physindev", "outdev",
-                "physoutdev", "uid", "gid", "hwaddr", "hwhdr", "payload", "prefix"]
+# Every attribute NflogData has: nflogr 0.2.12's fifteen in its order, then ours.
+NFLOGR_ATTRS = ["proto", "hwtype", "nfmark", "timestamp", "timestamp_us", "indev", "physindev",
+                "outdev", "physoutdev", "uid", "gid", "hwaddr", "hwhdr", "payload", "prefix"]
 OUR_ATTRS = ["indev_index", "outdev_index", "physindev_index", "physoutdev_index", "seq", "hook",
              "family", "group", "l4proto", "length"]
 ALL_ATTRS = NFLOGR_ATTRS + OUR_ATTRS
@@ -98,23 +107,27 @@ def test_output_records_on_loopback_carry_uid_gid_mark_prefix_and_payload() -> N
         assert d.uid == uid and d.gid == uid  # the sender ran as uid:uid
         assert d.outdev == "lo" and d.outdev_index == 1
         assert d.hook == HOOK_OUTPUT and d.group == 3
-        # Absent on OUTPUT: None, never 0 and never an exception.
+        # Absent on OUTPUT: None, never 0 and never an exception (no crash, unlike nflogr)...
         for name in ["indev", "indev_index", "physindev", "physindev_index", "physoutdev",
-                     "physoutdev_index", "hwtype", "hwaddr", "hwhdr", "timestamp", "seq"]:
+                     "physoutdev_index", "hwaddr", "timestamp", "timestamp_us", "seq"]:
             assert getattr(d, name) is None, name
+        # ... but the hardware type and header are 0 and b"" without one, as in nflogr.
+        assert d.hwtype == 0 and d.hwhdr == b""
     assert [d.prefix for d in marked] == ["out-marked"] * 3
     assert [d.nfmark for d in marked] == [0x2A] * 3
     assert [d.prefix for d in plain] == ["out-plain"] * 2
-    assert [d.nfmark for d in plain] == [None, None]  # no mark: the kernel sends none
+    assert [d.nfmark for d in plain] == [0, 0]  # the kernel sends no mark exactly when it is 0
     assert long_.prefix == LONG_PREFIX and len(long_.prefix) == 127
     assert noprefix.prefix == ""  # the kernel sends an empty prefix
     assert long_.uid == 0 and long_.gid == 0  # root is uid 0, not "absent"
 
-    # dict(data) gives every attribute, nflogr's names included, with the same values.
+    # dict(data) gives every attribute, nflogr's first in its order, with the same values; the
+    # repr is nflogr's <NflogData {...}>.
     for d in recs:
         dd = dict(d)
-        assert set(NFLOGR_ATTRS) <= set(dd) and set(dd) == set(ALL_ATTRS)
+        assert list(dd) == ALL_ATTRS
         assert dd == as_dict(d)
+        assert repr(d) == str(d) == f"<NflogData {dd!r}>"
     with pytest.raises(AttributeError):
         recs[0].prefix = "x"  # read-only
 
@@ -154,20 +167,27 @@ def test_input_and_output_records_over_a_veth_pair() -> None:
             assert d.hwaddr == mac_a  # the frame's source
             assert d.hwhdr == mac_b + mac_a + b"\x08\x00"
             assert isinstance(d.timestamp, float) and t0 - 1 <= d.timestamp <= t1 + 1
-            for name in ["outdev", "outdev_index", "uid", "gid", "nfmark", "physindev",
-                         "physoutdev", "seq"]:
+            assert isinstance(d.timestamp_us, int) and d.timestamp == d.timestamp_us / 1e6
+            assert d.nfmark == 0
+            for name in ["outdev", "outdev_index", "uid", "gid", "physindev", "physoutdev", "seq"]:
                 assert getattr(d, name) is None, name
         for d in outs:
             check_udp4(d, "10.77.0.1", "10.77.0.2", 7010, 60)
             assert d.prefix == "out-veth" and d.hook == HOOK_OUTPUT
             assert d.outdev == "va0" and d.outdev_index == idx_a
             assert d.uid == 0 and d.gid == 0
-            for name in ["indev", "hwtype", "hwaddr", "hwhdr", "timestamp"]:
+            for name in ["indev", "hwaddr", "timestamp", "timestamp_us"]:
                 assert getattr(d, name) is None, name
+            assert d.hwtype == 0 and d.hwhdr == b""
         hb.close()
         ha.close()
         # A record outlives its handle and still names devices in the handle's namespace.
         assert ins[0].indev == "vb0" and outs[0].outdev == "va0"
+        # Pickled (e.g. through a multiprocessing queue), a record keeps those names: an index
+        # would mean another device, or none, where it is unpickled.
+        for d in (ins[0], outs[0]):
+            again = pickle.loads(pickle.dumps(d))
+            assert dict(again) == dict(d) and repr(again) == repr(d)
 
 
 def test_bridge_records_carry_physical_and_bridge_devices() -> None:
@@ -290,10 +310,12 @@ def test_open_kwargs_queue_next_loop_iteration_and_attributes() -> None:
             fd = h.getfd()
             assert isinstance(fd, int) and fd == h.fileno()
             assert stat.S_ISSOCK(os.fstat(fd).st_mode)
-            assert h.rcvbuf == 2 * 65536  # the kernel doubles what is asked
+            assert h.rcvbuf == 65536  # what was asked, as nflogr reads it back
+            assert h.kernel_rcvbuf == 2 * 65536  # the kernel doubles what is asked
             assert h.next(wait=False) is None
             assert h.queue(wait=False) == 0
             assert type(h.queued) is int and h.queued == 0
+            assert len(h) == 0 and not h  # nflogr: len() is the queue length
             assert h.last_message_time is None
 
             sel = selectors.DefaultSelector()
@@ -304,7 +326,12 @@ def test_open_kwargs_queue_next_loop_iteration_and_attributes() -> None:
             assert [k.fileobj for k, _ in ready] == [h]
             n = h.queue()
             assert type(n) is int and n == 3
-            assert type(h.queued) is int and h.queued == 3
+            assert type(h.queued) is int and h.queued == 3 and len(h) == 3 and h
+            # Records queued, the socket empty: queue() returns 0 at once, as nflogr, not waiting.
+            with hang_guard(30):
+                t = time.monotonic()
+                assert h.queue() == 0
+                assert time.monotonic() - t < 5
             first = h.next()
             assert first.seq == 0 and len(first.payload) == 64 and first.length == 128
             assert h.queued == 2
@@ -327,12 +354,18 @@ def test_open_kwargs_queue_next_loop_iteration_and_attributes() -> None:
 
             assert h.drops == 0
             h.drops = 0
-            with pytest.raises(ValueError, match="only be reset to 0"):
-                h.drops = 3
+            for bad in (3, "0", 2**70, None):
+                with pytest.raises(TypeError, match="only be set to 0"):  # as nflogr
+                    h.drops = bad
             h.rcvbuf = 262144
-            assert h.rcvbuf == 524288
-            with pytest.raises(ValueError, match="1..2147483647"):
-                h.rcvbuf = 0
+            assert h.rcvbuf == 262144 and h.kernel_rcvbuf == 524288
+            h.rcvbuf = 0  # a no-op, as in open() and nflogr
+            assert h.rcvbuf == 262144
+            for bad in (-1, 2**30):
+                with pytest.raises(ValueError, match=r"0\.\.1073741823"):
+                    h.rcvbuf = bad
+            with pytest.raises(TypeError):
+                h.rcvbuf = "1"
             assert h.kernel_drops == 0
         assert h.closed and h.getfd() is None
         assert rule_counts(ns, "api")[0] == 9
@@ -446,32 +479,48 @@ def test_a_blocked_reader_does_not_hold_the_gil(how: str) -> None:
 
 # ---- close() and errors from reads ------------------------------------------------------------
 
-def test_reads_after_close_raise_and_iteration_ends() -> None:
+def test_records_queued_before_close_stay_readable_then_reads_end() -> None:
     with Netns("closed") as ns:
         ns.nft(RULES_7050)
         h = open_in(ns, 8, qthresh=3, timeout=1.0)
-        ns.send_udp("127.0.0.1", 7050, 3, 10)
-        assert h.queue() == 3 and h.queued == 3
+        ns.send_udp("127.0.0.1", 7050, 6, 10)
+        assert h.queue() == 3
+        assert select.select([h], [], [], 5)[0] and h.queue(wait=False) == 3 and len(h) == 6
         h.close()
-        assert h.closed and h.queued == 0  # queued records are discarded
+        # As nflogr documents: what was buffered is still read after close(), by every reader.
+        assert h.closed and h.queued == 6 and len(h) == 6
+        assert h.next(wait=False).prefix == "api" and h.next().prefix == "api"
+        seen: list[str | None] = []
+        assert h.loop(lambda d: seen.append(d.prefix), 2) is None and seen == ["api"] * 2
+        assert [d.prefix for d in h] == ["api"] * 2  # then iteration ends, cleanly
+        assert len(h) == 0 and not h
+        h2 = open_in(ns, 8, qthresh=3, timeout=1.0)
+        ns.send_udp("127.0.0.1", 7050, 3, 10)
+        assert h2.queue() == 3
+        h2.close()
+        assert h2.loop(lambda d: seen.append(d.prefix)) is None and seen == ["api"] * 5
+
+        # Drained: wait=False says "nothing" and reads that would wait raise NflogClosedError;
+        # nflogr's "no value" answers where it has them (queue() 0, rcvbuf None, getfd() None).
+        assert h.next(wait=False) is None
+        assert h.queue() == 0 and h.queue(wait=False) == 0
+        assert h.rcvbuf is None and h.getfd() is None and h.getgroup() == 8
         agg = nflog.Aggregator(["prefix"])
-        calls = [
-            lambda: h.next(), lambda: h.next(wait=False), lambda: h.queue(),
-            lambda: h.queue(wait=False), lambda: h.aggregate(agg),
-            lambda: h.aggregate(agg, timeout=0), lambda: h.fileno(), lambda: h.rcvbuf,
-        ]
-        for call in calls:
+        for call in [lambda: h.next(), lambda: h.aggregate(agg),
+                     lambda: h.aggregate(agg, timeout=0), lambda: h.kernel_rcvbuf,
+                     lambda: setattr(h, "rcvbuf", 1 << 20)]:
             with pytest.raises(nflog.NflogClosedError) as info:
                 call()
             assert isinstance(info.value, nflog.NflogError)
             assert info.value.errno == errno.ECANCELED and "closed" in str(info.value)
+        with pytest.raises(ValueError, match="closed"):  # as a closed file's fileno()
+            h.fileno()
         assert list(h) == []
         assert h.loop(lambda d: pytest.fail("called after close")) is None
-        assert h.getfd() is None and h.getgroup() == 8
         h.close()  # twice is harmless
         # The group is free again: closing unbound it. Dropping a handle unbinds it too.
-        h2 = open_in(ns, 8)
-        del h2
+        h3 = open_in(ns, 8)
+        del h3
         open_in(ns, 8).close()
 
 
@@ -547,10 +596,11 @@ def test_loop_propagates_the_callback_exception_and_keeps_the_rest() -> None:
     ({"copymode": -1}, "copymode -1 is not one of"),
     ({"copyrange": 65532}, "copyrange 65532 is out of range 0..65531"),
     ({"copyrange": -1}, "copyrange -1 is out of range 0..65531"),
-    ({"qthresh": 0}, "qthresh 0 is out of range 1..4294967295"),
-    ({"qthresh": 2**32}, "qthresh 4294967296 is out of range 1..4294967295"),
+    ({"qthresh": -1}, "qthresh -1 is out of range 0..4294967295"),
+    ({"qthresh": 2**32}, "qthresh 4294967296 is out of range 0..4294967295"),
     ({"timeout": -0.5}, "timeout must be within 0..42949672.95 seconds"),
-    ({"rcvbuf": -1}, "rcvbuf -1 is out of range 0..2147483647"),
+    ({"rcvbuf": -1}, "rcvbuf -1 is out of range 0..1073741823"),
+    ({"rcvbuf": 2**30}, "rcvbuf 1073741824 is out of range 0..1073741823"),
     ({"enobufs": 3}, "enobufs 3 is not one of ENOBUFS_RAISE, ENOBUFS_HANDLE, ENOBUFS_DISABLE"),
 ])
 def test_out_of_range_configuration_raises_valueerror_naming_the_range(kwargs: dict,
@@ -569,6 +619,7 @@ def test_the_extremes_of_every_range_are_accepted() -> None:
     with Netns("ext") as ns:
         for kwargs in [dict(nlbuf=nflog.NLBUF_MIN), dict(nlbuf=nflog.NLBUF_MAX),
                        dict(copyrange=nflog.COPY_RANGE_MAX), dict(qthresh=2**32 - 1),
+                       dict(qthresh=0), dict(rcvbuf=2**30 - 1),
                        dict(timeout=655.35), dict(copymode=nflog.COPY_NONE)]:
             open_in(ns, 65535, **kwargs).close()
         open_in(ns, 0).close()
@@ -596,10 +647,11 @@ def test_a_group_taken_by_another_process_gives_eperm_and_says_where_to_look() -
         try:
             assert holder.stdout.readline() == b"bound\n"
             portid = _bound_groups(ns)[9]
-            with pytest.raises(nflog.NflogError) as info:
+            with pytest.raises(PermissionError) as info:  # as nflogr raises it
                 open_in(ns, 9)
             e = info.value
-            assert type(e) is nflog.NflogError and e.errno == errno.EPERM
+            assert type(e) is nflog.NflogPermissionError and e.errno == errno.EPERM
+            assert isinstance(e, nflog.NflogError)
             msg = str(e)
             assert "NFLOG group 9 is taken by another process" in msg
             assert f"portid {portid}" in msg
@@ -623,7 +675,9 @@ def test_without_cap_net_admin_the_error_says_root_or_cap_net_admin_is_needed() 
                 os.chmod(os.path.join(root, name), 0o755)
         script = ("import json\nfrom nflogd import nflog\n"
                   "try:\n    nflog.open(9)\n    print(json.dumps('opened'))\n"
-                  "except nflog.NflogError as e:\n    print(json.dumps([e.errno, str(e)]))\n")
+                  "except PermissionError as e:\n"
+                  "    assert isinstance(e, nflog.NflogError)\n"
+                  "    print(json.dumps([e.errno, str(e)]))\n")
         argv = ns.argv(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                         "--inh-caps=-all", "--bounding-set=-all", SYSTEM_PYTHON, "-c", script])
         proc = subprocess.run(argv, capture_output=True, timeout=60,
@@ -646,15 +700,13 @@ def test_a_handle_never_opened_or_opened_twice_is_safe() -> None:
     h.close()
     assert h.__exit__(None, None, None) is False
     with Netns("reinit") as ns:
-        with pytest.raises(ValueError):
-            with ns.entered():
-                h.__init__(1, nlbuf=5)
+        with pytest.raises(ValueError), ns.entered():
+            h.__init__(1, nlbuf=5)
         with ns.entered():
             h.__init__(1)  # a failed __init__ may be retried
         assert not h.closed and h.getgroup() == 1
-        with pytest.raises(RuntimeError, match="already called"):
-            with ns.entered():
-                h.__init__(2)
+        with pytest.raises(RuntimeError, match="already called"), ns.entered():
+            h.__init__(2)
         h.close()
 
 

@@ -139,7 +139,7 @@ def test_raising_nlbuf_after_a_small_open_still_receives_whole_datagrams() -> No
     ({"nlbuf": 100}, f"nlbuf 100 is out of range {nflog.NLBUF_MIN}..131072"),
     ({"copymode": 7}, "copymode 7 is not one of"),
     ({"copyrange": 70000}, "copyrange 70000 is out of range 0..65531"),
-    ({"qthresh": 0}, "qthresh 0 is out of range 1..4294967295"),
+    ({"qthresh": -1}, "qthresh -1 is out of range 0..4294967295"),
     ({"timeout": -1.0}, "timeout must be within"),
 ])
 def test_configure_refuses_what_open_refuses(kwargs: dict, message: str) -> None:

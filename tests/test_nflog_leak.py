@@ -139,7 +139,7 @@ def test_handles_snapshots_and_failed_opens_leak_neither_memory_nor_fds() -> Non
 
 # Runs under valgrind inside namespace b; records arrive over the veth from a.
 VALGRIND_WORKLOAD = r'''
-import faulthandler, select, sys, threading, time
+import copy, faulthandler, pickle, select, sys, threading, time
 from nflogd import nflog
 
 faulthandler.dump_traceback_later(100, exit=True)  # never hang, even blocked in C
@@ -163,24 +163,39 @@ print("ready", flush=True)
 recs = wait_for(h, 100)  # group 1 gets 150 records: 100 + 20 + 30
 for d in recs:
     dict(d); repr(d)
+    assert dict(pickle.loads(pickle.dumps(d))) == dict(d)
+copy.copy(recs[0])
+msg = recs[0].__reduce__()[1][0]
+for bad in (lambda: nflog.NflogData(b"x", (None,) * 4), lambda: nflog.NflogData(msg, (1, 2, 3, 4)),
+            lambda: nflog.NflogData(msg[:-1], (None,) * 4), lambda: nflog.NflogData(msg, ())):
+    try:
+        bad()
+    except (ValueError, TypeError):
+        pass
+    else:
+        raise AssertionError("NflogData took a bad message")
 h.loop(lambda d: dict(d), 20)
 it = iter(h)
-for _ in range(30):
+for _ in range(25):
     next(it)
-assert h.next(wait=False) is None and h.queue(wait=False) == 0
+while not h:  # len(h): queued records, which close() keeps readable
+    select.select([h], [], [], 5)
+    h.queue(wait=False)
 deadline = time.time() + 60
 while agg.records < 200 and time.time() < deadline:  # group 2: 150 + 25 + 25
     h2.aggregate(agg, timeout=0.2)
 snap = agg.snapshot()
 assert agg.records == 200 and agg.keys == 2 and agg.overflow[0] == 25, (agg.records, snap)
-for bad in (lambda: setattr(h, "drops", 5), lambda: setattr(h, "rcvbuf", 0),
+for bad in (lambda: setattr(h, "drops", 5), lambda: setattr(h, "rcvbuf", -1),
             lambda: nflog.open(1), lambda: nflog.open(3, nlbuf=5),
             lambda: nflog.Aggregator(["nope"])):
     try:
         bad()
-    except (ValueError, nflog.NflogError):
+    except (ValueError, TypeError, nflog.NflogError):
         pass
 h.rcvbuf = 1 << 20
+h.rcvbuf = 0
+assert h.rcvbuf == 1 << 20 and h.kernel_rcvbuf == 2 << 20
 def block():
     try:
         h2.next()
@@ -188,9 +203,11 @@ def block():
         pass
 t = threading.Thread(target=block); t.start(); time.sleep(0.3); h2.close(); t.join()
 h.close()
+rest = list(h)
+assert 1 <= len(rest) <= 5 and h.next(wait=False) is None and h.rcvbuf is None
 assert recs[0].indev == "vb0" and len(recs[0].hwaddr) == 6  # records outlive the handle
 assert list(h) == [] and nflog.Nflog.__new__(nflog.Nflog).queued == 0
-agg.clear(); del agg, recs, snap
+agg.clear(); del agg, recs, snap, rest
 assert budget.used == 0
 print("done", flush=True)
 '''

@@ -9,7 +9,7 @@ import struct
 import tempfile
 import time
 import uuid
-from typing import Iterator, Tuple
+from typing import Callable, Iterator, Tuple
 
 import pytest
 
@@ -42,6 +42,19 @@ def _assert_empty(sock: socket.socket) -> None:
 
 
 @pytest.fixture
+def notifier(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict], Notifier]:
+    """Notifier() with exactly this environment for NOTIFY_SOCKET and WATCHDOG_*: it reads
+    os.environ, as sdnotify and libsystemd do."""
+    def make(env: dict) -> Notifier:
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return Notifier()
+    return make
+
+
+@pytest.fixture
 def path_socket() -> Iterator[Tuple[str, socket.socket]]:
     # A short directory of our own: AF_UNIX paths are limited to 107 bytes.
     with tempfile.TemporaryDirectory(prefix="nflogd-notify-") as tmp:
@@ -64,9 +77,9 @@ def abstract_socket() -> Iterator[Tuple[str, socket.socket]]:
 
 
 @pytest.mark.parametrize("kind", ["path_socket", "abstract_socket"])
-def test_every_message_arrives_as_one_datagram(kind: str, request: pytest.FixtureRequest) -> None:
+def test_every_message_arrives_as_one_datagram(notifier, kind: str, request: pytest.FixtureRequest) -> None:
     value, sock = request.getfixturevalue(kind)
-    n = Notifier({"NOTIFY_SOCKET": value})
+    n = notifier({"NOTIFY_SOCKET": value})
     assert n.enabled
     assert n.ready() is True
     assert _recv(sock) == ("READY=1", os.getpid())
@@ -92,9 +105,9 @@ def test_every_message_arrives_as_one_datagram(kind: str, request: pytest.Fixtur
     n.close()
 
 
-def test_status_cannot_inject_assignments_and_keeps_utf8(path_socket) -> None:
+def test_status_cannot_inject_assignments_and_keeps_utf8(notifier, path_socket) -> None:
     value, sock = path_socket
-    n = Notifier({"NOTIFY_SOCKET": value})
+    n = notifier({"NOTIFY_SOCKET": value})
     n.status("prefix \"drop\u2192in\"\nREADY=1")
     assert _recv(sock)[0] == "STATUS=prefix \"drop\u2192in\" READY=1"
     n.status("x" * 100_000)
@@ -102,27 +115,27 @@ def test_status_cannot_inject_assignments_and_keeps_utf8(path_socket) -> None:
     assert text.startswith("STATUS=x") and len(text.encode()) < 4096
 
 
-def test_unset_socket_is_disabled_and_silent(caplog: pytest.LogCaptureFixture) -> None:
+def test_unset_socket_is_disabled_and_silent(notifier, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="nflogd.notify")
-    n = Notifier({"WATCHDOG_USEC": "1000000"})
+    n = notifier({"WATCHDOG_USEC": "1000000"})
     assert not n.enabled
     assert n.watchdog_interval is None  # nobody to ping
     assert n.ready() is False and n.watchdog() is False and n.stopping() is False
     assert caplog.records == []
 
 
-def test_relative_socket_name_is_refused_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    n = Notifier({"NOTIFY_SOCKET": "relative/notify"})
+def test_relative_socket_name_is_refused_with_a_warning(notifier, caplog: pytest.LogCaptureFixture) -> None:
+    n = notifier({"NOTIFY_SOCKET": "relative/notify"})
     assert not n.enabled
     assert n.ready() is False
     assert any("NOTIFY_SOCKET" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
-def test_send_errors_are_logged_once_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_send_errors_are_logged_once_not_raised(notifier, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="nflogd.notify")
     with tempfile.TemporaryDirectory(prefix="nflogd-notify-") as tmp:
         path = os.path.join(tmp, "notify")
-        n = Notifier({"NOTIFY_SOCKET": path})
+        n = notifier({"NOTIFY_SOCKET": path})
         assert n.enabled
         assert n.ready() is False  # nobody bound there yet
         assert n.watchdog() is False
@@ -145,8 +158,8 @@ def test_send_errors_are_logged_once_not_raised(caplog: pytest.LogCaptureFixture
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
-def test_abstract_name_nobody_listens_on_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    n = Notifier({"NOTIFY_SOCKET": f"@nflogd-nobody-{uuid.uuid4().hex}"})
+def test_abstract_name_nobody_listens_on_is_logged(notifier, caplog: pytest.LogCaptureFixture) -> None:
+    n = notifier({"NOTIFY_SOCKET": f"@nflogd-nobody-{uuid.uuid4().hex}"})
     assert n.ready() is False
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
@@ -161,9 +174,9 @@ def test_abstract_name_nobody_listens_on_is_logged(caplog: pytest.LogCaptureFixt
     ({"WATCHDOG_USEC": "-5"}, None),
     ({"WATCHDOG_USEC": "soon"}, None),
 ])
-def test_watchdog_interval(env: dict, expected, path_socket) -> None:
+def test_watchdog_interval(notifier, env: dict, expected, path_socket) -> None:
     value, _ = path_socket
-    n = Notifier({"NOTIFY_SOCKET": value, **env})
+    n = notifier({"NOTIFY_SOCKET": value, **env})
     assert n.watchdog_interval == expected
 
 

@@ -33,6 +33,7 @@ SPEC_METRICS = {
     "nflogd_messages_received_total", "nflogd_messages_lost_total", "nflogd_enobufs_total",
     "nflogd_truncated_datagrams_total", "nflogd_decode_errors_total", "nflogd_receive_buffer_bytes",
     "nflogd_last_message_timestamp_seconds", "nflogd_group_bound", "nflogd_worker_restarts_total",
+    "nflogd_receive_errors_total", "nflogd_group_unbound_seconds_total",
     "nflogd_series", "nflogd_series_limit", "nflogd_series_overflow_records_total",
     "nflogd_series_admitted_total", "nflogd_series_expired_total", "nflogd_series_displaced_total",
     "nflogd_config_last_reload_successful", "nflogd_config_last_reload_success_timestamp_seconds",
@@ -237,7 +238,8 @@ def test_rule_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
             (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
     assert alerts == {"NflogdFirewallDropRateHigh", "NflogdMessagesLost", "NflogdSeriesLimitReached",
                       "NflogdSeriesChurnHigh",
-                      "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdDown"}
+                      "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdRecordsUncounted",
+                      "NflogdDown"}
     assert alerts - fired == set(), "alerts never shown firing"
     assert alerts - quiet == set(), "alerts never shown not firing"
 

@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from netns import NFLOGD, Netns, require_tools
+from stall import stall
 from test_service_files import dashboard_queries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,7 +199,7 @@ def procs() -> Iterator[Callable[..., Proc]]:
 
 def daemon_env(notify: NotifySocket | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "NFLOGD_TEST_STALL_GROUP")}
+           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
         env["WATCHDOG_USEC"] = str(WATCHDOG_USEC)
@@ -317,9 +318,10 @@ def test_notify_sequence_ready_watchdog_reload_stop(make_netns, procs, notify_so
 
 def test_watchdog_stops_when_a_worker_is_stuck(make_netns, procs, notify_socket,
                                                tmp_path: Path) -> None:
-    """NFLOGD_TEST_STALL_GROUP=1: that worker stops beating once running. WATCHDOG=1 goes on until its
-    heartbeat is HEARTBEAT_STALE (5 s) old and then stops for good, while group 0 keeps counting and
-    the main loop keeps answering (STATUS=, /metrics, SIGTERM)."""
+    """Group 1's worker is made to hang from outside (strace delays its next poll() by 120 s, as a
+    syscall stuck in the kernel). WATCHDOG=1 goes on until its heartbeat is HEARTBEAT_STALE (5 s)
+    old and then stops for good, while group 0 keeps counting and the main loop keeps answering
+    (STATUS=, /metrics, SIGTERM)."""
     require_tools("ip", "nft")
     ns = make_netns("stall")
     ns.nft("""
@@ -334,37 +336,43 @@ def test_watchdog_stops_when_a_worker_is_stuck(make_netns, procs, notify_socket,
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(two_group_config(port))
     d = procs(ns, [NFLOGD, "--config", str(cfg)], tmp_path / "nflogd.log",
-              env=daemon_env(notify_socket, NFLOGD_TEST_STALL_GROUP="1"))
+              env=daemon_env(notify_socket))
     msgs = notify_socket
     url = f"http://127.0.0.1:{port}/metrics"
     ready = msgs.wait_for(is_("READY"), what="READY=1")
-    t_ready = msgs.messages[ready].at
-    # Healthy at first: the stuck worker's last heartbeat is fresh.
-    msgs.wait_for(is_("WATCHDOG"), after=ready, timeout=3, what="WATCHDOG=1 before the heartbeat ages")
+    hang = stall(d.proc.pid, 1)
+    try:
+        t_stall = time.monotonic()  # the stuck worker's last heartbeat was about now
+        # Healthy at first: the stuck worker's last heartbeat is fresh.
+        msgs.wait_for(is_("WATCHDOG"), after=ready, timeout=3,
+                      what="WATCHDOG=1 before the heartbeat ages")
 
-    # Wait until 8 s after READY: the stall began before READY, so the heartbeat is >= 8 s old and
-    # the pings must have stopped at ~5 s. Meanwhile the healthy group counts traffic.
-    ns.send_udp("127.0.0.1", 5555, 50)
-    time.sleep(max(0.0, t_ready + 8 - time.monotonic()))
-    d.alive()
-    pings = [m.at - t_ready for m in msgs.snapshot() if "WATCHDOG" in m]
-    assert pings, msgs.dump()
-    assert max(pings) < HEARTBEAT_STALE + 0.5, \
-        f"WATCHDOG=1 at {max(pings):.2f} s after READY, with a worker stuck since before READY"
-    # ... and none for another 3 s (systemd would have killed it by now with WatchdogSec=2s).
-    mark = len(msgs.snapshot())
-    time.sleep(3)
-    late = [m for m in msgs.snapshot()[mark:] if "WATCHDOG" in m]
-    assert not late, f"WATCHDOG=1 while a worker is stuck:\n{msgs.dump(mark)}"
-    print(f"watchdog pings at {', '.join(f'{p:.2f}' for p in pings)} s after READY, then none")
+        # Wait until 8 s after the stall began: the heartbeat is >= 8 s old and the pings must
+        # have stopped at ~5 s. Meanwhile the healthy group counts traffic.
+        ns.send_udp("127.0.0.1", 5555, 50)
+        time.sleep(max(0.0, t_stall + 8 - time.monotonic()))
+        d.alive()
+        pings = [m.at - t_stall for m in msgs.snapshot() if "WATCHDOG" in m]
+        assert pings, msgs.dump()
+        assert max(pings) < HEARTBEAT_STALE + 0.5, \
+            f"WATCHDOG=1 at {max(pings):.2f} s after the stall began"
+        # ... and none for another 3 s (systemd would have killed it by now with WatchdogSec=2s).
+        mark = len(msgs.snapshot())
+        time.sleep(3)
+        late = [m for m in msgs.snapshot()[mark:] if "WATCHDOG" in m]
+        assert not late, f"WATCHDOG=1 while a worker is stuck:\n{msgs.dump(mark)}"
+        print(f"watchdog pings at {', '.join(f'{p:.2f}' for p in pings)} s after the stall began, then none")
 
-    # The other group is fine; the stuck one still reports bound (its socket is); the main loop
-    # still runs: a STATUS= was sent after the pings stopped, and SIGTERM stops it cleanly.
-    status, body = http_get(ns, url)
-    assert status == 200
-    assert metric_value(body, "nflog_packets_total", group="0", prefix="out accept", action="accept") == 50
-    assert ns.counters()["logged"][0] == 50
-    assert any("STATUS" in m and m.at - t_ready > max(pings) for m in msgs.snapshot()), msgs.dump()
+        # The other group is fine; the stuck one still reports bound (its socket is); the main loop
+        # still runs: a STATUS= was sent after the pings stopped, and SIGTERM stops it cleanly.
+        status, body = http_get(ns, url)
+        assert status == 200
+        assert metric_value(body, "nflog_packets_total", group="0", prefix="out accept",
+                            action="accept") == 50
+        assert ns.counters()["logged"][0] == 50
+        assert any("STATUS" in m and m.at - t_stall > max(pings) for m in msgs.snapshot()), msgs.dump()
+    finally:
+        hang.stop()  # the stuck poll() proceeds; the worker wakes and stops with the rest
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait(10) == 0, d.output()
     assert any("STOPPING" in m for m in msgs.snapshot()), msgs.dump()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -44,8 +45,9 @@ def error(path: Path, line: int | None, *words: str) -> str:
         load_web_config(path)
     msg = str(e.value)
     assert "\n" not in msg
-    prefix = f"{path}:{line}: " if line else f"{path}: "
-    assert msg.startswith(prefix), msg
+    # FILE:LINE:COL: where the problem is a node, FILE:LINE: for a key's file, FILE: without one
+    prefix = rf"{re.escape(str(path))}:{line}(:\d+)?: " if line else rf"{re.escape(str(path))}: "
+    assert re.match(prefix, msg), msg
     for w in words:
         assert w in msg, msg
     assert (e.value.path, e.value.line) == (str(path), line)

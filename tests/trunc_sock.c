@@ -71,7 +71,7 @@ int main(void)
 {
 	struct nfd_config cfg = {
 		.group = 1, .copymode = NFULNL_COPY_PACKET, .copyrange = NFD_COPY_RANGE_MAX,
-		.qthresh = 1, .timeout = 0, .enobufs = ENOBUFS_RAISE, .seq = true,
+		.qthresh = 1, .timeout = 0, .enobufs_mode = ENOBUFS_RAISE, .seq = true,
 	};
 	struct nfd_sock s;
 	struct seen seen = {0};
