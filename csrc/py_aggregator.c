@@ -375,8 +375,9 @@ PyDoc_STRVAR(tick_doc,
 "tick($self, /, now=None)\n--\n\n"
 "Advance the aggregator's clock (whole seconds; None: CLOCK_MONOTONIC_COARSE since it was made,\n"
 "as aggregate() reads it once per datagram; a number: a test's clock from then on, which\n"
-"aggregate() leaves alone; never backwards) and, at most once a second, sweep: expire entries idle for ttl, decay the rate\n"
-"estimates every `decay` seconds, refill the displacement allowance, choose the next victims.\n"
+"aggregate() leaves alone; never backwards) and, at most once a second, sweep: expire entries\n"
+"idle for ttl, decay the rate estimates every `decay` seconds, refill the admission allowances,\n"
+"choose the next victims.\n"
 "A reader calls it between aggregate() calls.");
 
 static PyObject *aggregator_tick(AggregatorObject *self, PyObject *args, PyObject *kw)
@@ -607,8 +608,7 @@ static PyGetSetDef aggregator_getset[] = {
 };
 
 PyDoc_STRVAR(aggregator_doc,
-"Aggregator(fields, max_keys=65536, budget=None, *, ttl=0, min_residency=20, admit_rate=10,\n"
-"           decay=10)\n--\n\n"
+"Aggregator(fields, max_keys=65536, budget=None, *, ttl=0, min_residency=20, admit_rate=10, decay=10)\n--\n\n"
 "Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by\n"
 "Nflog.aggregate() in C with the GIL released; read with read() or snapshot(). A record whose key\n"
 "is new when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`\n"
@@ -616,6 +616,8 @@ PyDoc_STRVAR(aggregator_doc,
 "Rows idle for ttl seconds (0: never) expire into the remainder at a tick(). A row admitted\n"
 "min_residency seconds ago or more may be displaced by a key whose estimated rate is more than\n"
 "twice its own, at most admit_rate times a second (0: never); rates decay by half every decay s.\n"
+"With a ttl, once a key was refused for want of room, free places fill at most admit_rate a\n"
+"second until no new key was refused or kept waiting for 60 s.\n"
 "Bytes are the IP header's total length, so they are right whatever the copy range, as long as\n"
 "the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload\n"
 "(COPY_META, COPY_NONE) adds 0 bytes.");
