@@ -16,11 +16,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "netmatch.h"
 #include "record.h"
 
+/* The C side of nflogd/labels.py's table: a test keeps agg_field_names equal to its fields. */
 enum agg_field {
 	F_GROUP, F_PREFIX, F_INDEV, F_OUTDEV, F_PHYSINDEV, F_PHYSOUTDEV,
-	F_UID, F_GID, F_FAMILY, F_PROTO, F_HOOK, F_MARK, F_HWPROTO, F_NFIELDS
+	F_UID, F_GID, F_FAMILY, F_PROTO, F_HOOK, F_MARK, F_HWPROTO,
+	/* From the copied payload (parsed only when one of these is a field). */
+	F_SADDR, F_DADDR, F_SPORT, F_DPORT, F_ICMP_TYPE, F_TCP_FLAGS, F_SRC_NET, F_DST_NET,
+	F_CT_STATE, F_NFIELDS
 };
 
 extern const char *const agg_field_names[F_NFIELDS];
@@ -29,28 +34,47 @@ extern const char *const agg_field_names[F_NFIELDS];
 #define KEY_HAS_UID 1u
 #define KEY_HAS_GID 2u
 #define KEY_HAS_PROTO 4u
+#define KEY_HAS_PORTS 8u
+#define KEY_HAS_ICMP 16u
+#define KEY_ICMP6 32u      /* the ICMP type is ICMPv6's */
+#define KEY_HAS_TCP_FLAGS 64u
 
-/* Fixed part first, in 8-byte words, so hashing and comparing are word loops. */
+/* What a key takes from the payload. Apart, so tables keyed on none of these never clear, hash or
+ * compare it (the default labels pay nothing for them), and before the prefix, so tables keyed on
+ * them find it in the cache lines a lookup reads anyway. Addresses take 16
+ * bytes whatever the family (addr_family says which), already reduced to the table's mask. */
+struct agg_pkey {
+	uint8_t addr_family, icmp_type, tcp_flags, ct_state;  /* addr_family 4, 6 or 0: none */
+	uint16_t sport, dport;
+	uint16_t src_net, dst_net;   /* 1-based index into the table's networks; 0: none */
+	uint8_t pad[4];
+	uint8_t saddr[16], daddr[16];  /* adjacent: compared as one 32-byte block */
+};
+
+/* Fixed part first, in 8-byte words, so hashing and comparing are word loops. A key is hashed and
+ * compared as [0, AGG_KEY_FIXED), then pk in tables with payload fields, then prefix_len bytes. */
 struct agg_key {
 	uint32_t indev, outdev, physindev, physoutdev;
 	uint32_t uid, gid, mark;
 	uint16_t group, hwproto;
 	uint8_t family, proto, hook, flags;
 	uint8_t prefix_len, pad[3];
+	struct agg_pkey pk;          /* only in tables with payload fields (agg_table.payload) */
 	char prefix[NFD_PREFIX_MAX + 1];
 };
-#define AGG_KEY_FIXED offsetof(struct agg_key, prefix)
+#define AGG_KEY_FIXED offsetof(struct agg_key, pk)
 
-/* Entries move: removing one moves the last into its place (remove_entry), and relabel/clear drop
+/* Counters and hash first: a lookup reads them and the key's start in one or two cache lines.
+ * Entries move: removing one moves the last into its place (remove_entry), and relabel/clear drop
  * them all. So never keep an entry's index or address across agg_tick, a fold of a new key,
  * agg_relabel or agg_clear (a "same key as the last record" cache must be reset by those). */
 struct agg_entry {
-	struct agg_key key;
 	uint64_t hash;
 	uint64_t packets, bytes;
 	uint32_t recent;    /* records in the decaying window (halved every decay period) */
 	uint32_t last_seen; /* agg_table.now at its last record */
 	uint32_t admitted;  /* agg_table.now when it got its entry */
+	struct agg_key key;
 };
 
 /* The budget's policy; 0 disables a mechanism. */
@@ -114,6 +138,11 @@ void agg_budget_destroy(struct agg_budget *b);
 struct agg_table {
 	pthread_mutex_t lock;
 	uint32_t fields;            /* bit per enum agg_field */
+	bool payload;               /* a field lives in agg_key.pk */
+	uint64_t seed;              /* of the key hash, random per table */
+	uint64_t secrets[12];       /* derived from seed, one per hashed word */
+	uint8_t mask4, mask6;       /* address_mask: prefix lengths saddr/daddr are reduced to */
+	const struct nfd_nets *nets;  /* for src_net/dst_net; owned by the caller, may be NULL */
 	size_t max_keys;
 	struct agg_budget *budget;  /* may be NULL */
 	struct agg_table *next_member;  /* in budget->members */

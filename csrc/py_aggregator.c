@@ -7,6 +7,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
 typedef struct {
 	PyObject_HEAD
 	struct agg_budget b;
@@ -19,7 +22,12 @@ typedef struct {
 	PyObject *fields;            /* tuple of names, in the caller's order */
 	int order[F_NFIELDS];        /* field ids in that order; written under t.lock (relabel) */
 	int nfields;
+	struct nfd_nets *nets;       /* NULL without networks */
+	PyObject *networks;          /* tuple of (name, cidr) as given, checked */
 } AggregatorObject;
+
+/* Most named networks an Aggregator takes: indexes are 16 bits in the key. */
+#define NETWORKS_MAX 65535
 
 /* ---- SeriesBudget ------------------------------------------------------------------------- */
 
@@ -155,24 +163,122 @@ static int seconds_arg(Py_ssize_t v, const char *name, uint32_t *out)
 	return 0;
 }
 
+/* "203.0.113.0/24" or "2001:db8::/32" into spec; host bits set or a bad text: ValueError. */
+static int parse_cidr(PyObject *text, struct nfd_net_spec *spec)
+{
+	const char *s = PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
+	char addr[64];
+	const char *slash;
+	char *end;
+	unsigned long len;
+
+	if (!s) {
+		if (!PyErr_Occurred())
+			PyErr_Format(PyExc_TypeError, "a network's cidr must be a str, not %R", text);
+		return -1;
+	}
+	slash = strchr(s, '/');
+	if (!slash || (size_t)(slash - s) >= sizeof(addr) || !slash[1])
+		goto bad;
+	memcpy(addr, s, (size_t)(slash - s));
+	addr[slash - s] = 0;
+	memset(spec->addr, 0, sizeof(spec->addr));
+	if (inet_pton(AF_INET, addr, spec->addr) == 1)
+		spec->family = 4;
+	else if (inet_pton(AF_INET6, addr, spec->addr) == 1)
+		spec->family = 6;
+	else
+		goto bad;
+	len = strtoul(slash + 1, &end, 10);
+	if (*end || slash[1] < '0' || slash[1] > '9' || len > (spec->family == 4 ? 32u : 128u))
+		goto bad;
+	spec->len = (uint8_t)len;
+	uint8_t masked[16];
+	memcpy(masked, spec->addr, 16);
+	nfd_mask_addr(masked, spec->family, spec->len);
+	if (memcmp(masked, spec->addr, 16) != 0) {
+		PyErr_Format(PyExc_ValueError, "network %R has host bits set", text);
+		return -1;
+	}
+	return 0;
+bad:
+	PyErr_Format(PyExc_ValueError, "%R is not a network (address/length)", text);
+	return -1;
+}
+
+static int set_networks(AggregatorObject *self, PyObject *networks)
+{
+	PyObject *seq = PySequence_Tuple(networks);
+	struct nfd_net_spec *specs = NULL;
+	Py_ssize_t n;
+	int r = -1;
+
+	if (!seq)
+		return -1;
+	n = PyTuple_GET_SIZE(seq);
+	if (n > NETWORKS_MAX) {
+		PyErr_Format(PyExc_ValueError, "at most %d networks", NETWORKS_MAX);
+		goto out;
+	}
+	specs = calloc(n ? (size_t)n : 1, sizeof(*specs));
+	if (!specs) {
+		PyErr_NoMemory();
+		goto out;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *item = PyTuple_GET_ITEM(seq, i);
+		if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+		    !PyUnicode_Check(PyTuple_GET_ITEM(item, 0))) {
+			PyErr_Format(PyExc_TypeError, "networks[%zd] must be a (name, cidr) pair of str",
+				     i);
+			goto out;
+		}
+		if (parse_cidr(PyTuple_GET_ITEM(item, 1), &specs[i]) < 0)
+			goto out;
+		specs[i].index = (uint32_t)i + 1;
+	}
+	if (n) {
+		self->nets = malloc(sizeof(*self->nets));
+		if (!self->nets || nfd_nets_build(self->nets, specs, (size_t)n) < 0) {
+			free(self->nets);
+			self->nets = NULL;
+			PyErr_NoMemory();
+			goto out;
+		}
+	}
+	self->networks = seq;
+	seq = NULL;
+	r = 0;
+out:
+	free(specs);
+	Py_XDECREF(seq);
+	return r;
+}
+
 static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = {"fields", "max_keys", "budget", "ttl", "min_residency", "admit_rate",
-				 "decay", NULL};
-	PyObject *fields, *seq, *budget = Py_None;
+	static char *kwlist[] = {"fields", "max_keys", "budget", "address_mask", "networks", "ttl",
+				 "min_residency", "admit_rate", "decay", NULL};
+	PyObject *fields, *seq, *budget = Py_None, *networks = NULL;
 	Py_ssize_t max_keys = 65536, ttl = 0, min_residency = AGG_DEFAULT_MIN_RESIDENCY,
 		   admit_rate = AGG_DEFAULT_ADMIT_RATE, decay = AGG_DEFAULT_DECAY;
 	struct agg_policy policy;
 	int order[F_NFIELDS];
+	int mask4 = 32, mask6 = 128;
 	uint32_t mask = 0;
 
 	if (self->t.slots) {
 		PyErr_SetString(PyExc_RuntimeError, "Aggregator is already initialised");
 		return -1;
 	}
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO$nnnn:Aggregator", kwlist, &fields, &max_keys,
-					 &budget, &ttl, &min_residency, &admit_rate, &decay))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO$(ii)Onnnn:Aggregator", kwlist, &fields,
+					 &max_keys, &budget, &mask4, &mask6, &networks, &ttl,
+					 &min_residency, &admit_rate, &decay))
 		return -1;
+	if (mask4 < 0 || mask4 > 32 || mask6 < 0 || mask6 > 128) {
+		PyErr_SetString(PyExc_ValueError, "address_mask must be (0..32, 0..128)");
+		return -1;
+	}
 	if (max_keys < 0 || max_keys > UINT32_MAX - 1) {
 		PyErr_SetString(PyExc_ValueError, "max_keys must be within 0..4294967294");
 		return -1;
@@ -189,6 +295,13 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 	seq = parse_fields(fields, &mask, order);
 	if (!seq)
 		return -1;
+	PyObject *none = networks ? NULL : PyTuple_New(0);
+	int bad = (networks || none) ? set_networks(self, networks ? networks : none) : -1;
+	Py_XDECREF(none);
+	if (bad < 0) {
+		Py_DECREF(seq);
+		return -1;
+	}
 	if (agg_init(&self->t, mask, (size_t)max_keys,
 		     budget == Py_None ? NULL : &((BudgetObject *)budget)->b) < 0) {
 		Py_DECREF(seq);
@@ -198,6 +311,9 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 	self->t.policy = policy;
 	memcpy(self->order, order, sizeof(order));
 	self->nfields = (int)PyTuple_GET_SIZE(seq);
+	self->t.mask4 = (uint8_t)mask4;
+	self->t.mask6 = (uint8_t)mask6;
+	self->t.nets = self->nets;
 	self->fields = seq;
 	if (budget != Py_None) {
 		Py_INCREF(budget);
@@ -209,6 +325,11 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 static void aggregator_dealloc(AggregatorObject *self)
 {
 	agg_destroy(&self->t);
+	if (self->nets) {
+		nfd_nets_free(self->nets);
+		free(self->nets);
+	}
+	Py_XDECREF(self->networks);
 	Py_XDECREF(self->budget);
 	Py_XDECREF(self->fields);
 	SELF_FREE(self);
@@ -222,7 +343,34 @@ static int check_ready(AggregatorObject *self)
 	return -1;
 }
 
-static PyObject *key_value(const struct agg_key *k, int field)
+/* An address as text, RFC 5952 for IPv6 (inet_ntop), with "/len" when the mask cut it. */
+static PyObject *addr_value(const AggregatorObject *self, const struct agg_key *k, const uint8_t *a)
+{
+	char buf[INET6_ADDRSTRLEN + 8];
+	int v6 = k->pk.addr_family == 6;
+	unsigned len = v6 ? self->t.mask6 : self->t.mask4, full = v6 ? 128 : 32;
+
+	if (!k->pk.addr_family)
+		Py_RETURN_NONE;
+	if (!inet_ntop(v6 ? AF_INET6 : AF_INET, a, buf, INET6_ADDRSTRLEN))
+		return PyErr_SetFromErrno(PyExc_OSError);
+	if (len < full)
+		snprintf(buf + strlen(buf), 8, "/%u", len);
+	return PyUnicode_FromString(buf);
+}
+
+static PyObject *network_value(const AggregatorObject *self, uint16_t index)
+{
+	if (!index || !self->networks || index > PyTuple_GET_SIZE(self->networks))
+		Py_RETURN_NONE;
+	PyObject *name = PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->networks, index - 1), 0);
+	Py_INCREF(name);
+	return name;
+}
+
+static const char *const ct_state_names[] = {NULL, "new", "established", "related"};
+
+static PyObject *key_value(const AggregatorObject *self, const struct agg_key *k, int field)
 {
 	switch (field) {
 	case F_GROUP: return PyLong_FromLong(k->group);
@@ -249,17 +397,38 @@ static PyObject *key_value(const struct agg_key *k, int field)
 		return PyLong_FromLong(k->proto);
 	case F_HOOK: return PyLong_FromLong(k->hook);
 	case F_MARK: return PyLong_FromUnsignedLong(k->mark);
-	default: return PyLong_FromLong(k->hwproto);
+	case F_HWPROTO: return PyLong_FromLong(k->hwproto);
+	case F_SADDR: return addr_value(self, k, k->pk.saddr);
+	case F_DADDR: return addr_value(self, k, k->pk.daddr);
+	case F_SPORT: case F_DPORT:
+		if (!(k->flags & KEY_HAS_PORTS))
+			Py_RETURN_NONE;
+		return PyLong_FromLong(field == F_SPORT ? k->pk.sport : k->pk.dport);
+	case F_ICMP_TYPE:
+		if (!(k->flags & KEY_HAS_ICMP))
+			Py_RETURN_NONE;
+		return Py_BuildValue("(ii)", k->flags & KEY_ICMP6 ? 58 : 1, k->pk.icmp_type);
+	case F_TCP_FLAGS:
+		if (!(k->flags & KEY_HAS_TCP_FLAGS))
+			Py_RETURN_NONE;
+		return PyLong_FromLong(k->pk.tcp_flags);
+	case F_SRC_NET: return network_value(self, k->pk.src_net);
+	case F_DST_NET: return network_value(self, k->pk.dst_net);
+	default:  /* F_CT_STATE */
+		if (!k->pk.ct_state || k->pk.ct_state > 3)
+			Py_RETURN_NONE;
+		return PyUnicode_FromString(ct_state_names[k->pk.ct_state]);
 	}
 }
 
-static PyObject *row(const int *order, int nfields, const struct agg_entry *e)
+static PyObject *row(AggregatorObject *self, const int *order, int nfields,
+		     const struct agg_entry *e)
 {
 	PyObject *key = PyTuple_New(nfields);
 	if (!key)
 		return NULL;
 	for (int i = 0; i < nfields; i++) {
-		PyObject *v = key_value(&e->key, order[i]);
+		PyObject *v = key_value(self, &e->key, order[i]);
 		if (!v) {
 			Py_DECREF(key);
 			return NULL;
@@ -275,7 +444,10 @@ PyDoc_STRVAR(snapshot_doc,
 "Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order\n"
 "given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface\n"
 "indexes (None when absent; names belong to the handle's network namespace); uid, gid and proto\n"
-"None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints.\n"
+"None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints;\n"
+"saddr/daddr as str ('203.0.113.7', '2001:db8::/48' when address_mask cut it); sport/dport and\n"
+"tcp_flags ints; icmp_type (proto, type) with proto 1 (ICMP) or 58 (ICMPv6); src_net/dst_net the\n"
+"network's name; ct_state 'new', 'established' or 'related'; each None when the packet has none.\n"
 "Counters only grow, until clear().");
 
 /* Everything a reader needs, copied at one instant under the lock. */
@@ -314,11 +486,11 @@ static int take_copy(AggregatorObject *self, struct agg_copy *c)
 	return 0;
 }
 
-static PyObject *copy_rows(struct agg_copy *c)
+static PyObject *copy_rows(AggregatorObject *self, struct agg_copy *c)
 {
 	PyObject *list = PyList_New((Py_ssize_t)c->n);
 	for (size_t i = 0; list && i < c->n; i++) {
-		PyObject *r = row(c->order, c->nfields, &c->entries[i]);
+		PyObject *r = row(self, c->order, c->nfields, &c->entries[i]);
 		if (!r) {
 			Py_CLEAR(list);
 			break;
@@ -337,7 +509,7 @@ static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
 
 	if (check_ready(self) < 0 || take_copy(self, &c) < 0)
 		return NULL;
-	return copy_rows(&c);
+	return copy_rows(self, &c);
 }
 
 PyDoc_STRVAR(read_doc,
@@ -362,7 +534,7 @@ static PyObject *aggregator_read(AggregatorObject *self, PyObject *unused)
 		else
 			PyTuple_SET_ITEM(fields, i, name);
 	}
-	rows = fields ? copy_rows(&c) : NULL;
+	rows = fields ? copy_rows(self, &c) : NULL;
 	free(c.entries);
 	if (!rows) {
 		Py_XDECREF(fields);
@@ -578,6 +750,21 @@ static PyObject *get_budget(AggregatorObject *self, void *c)
 	return b;
 }
 
+static PyObject *get_address_mask(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return Py_BuildValue("(ii)", self->t.mask4, self->t.mask6);
+}
+
+static PyObject *get_networks(AggregatorObject *self, void *c)
+{
+	(void)c;
+	if (check_ready(self) < 0)
+		return NULL;
+	Py_INCREF(self->networks);
+	return self->networks;
+}
+
 static PyMethodDef aggregator_methods[] = {
 	{"snapshot", (PyCFunction)aggregator_snapshot, METH_NOARGS, snapshot_doc},
 	{"clear", (PyCFunction)aggregator_clear, METH_NOARGS, clear_doc},
@@ -604,11 +791,15 @@ static PyGetSetDef aggregator_getset[] = {
 	{"fields", (getter)get_fields, NULL, PyDoc_STR("The key fields, in order."), NULL},
 	{"max_keys", (getter)get_max_keys, NULL, PyDoc_STR("This aggregator's own key limit."), NULL},
 	{"budget", (getter)get_budget, NULL, PyDoc_STR("The shared SeriesBudget, or None."), NULL},
+	{"address_mask", (getter)get_address_mask, NULL,
+	 PyDoc_STR("(ipv4, ipv6): the prefix lengths saddr and daddr are reduced to."), NULL},
+	{"networks", (getter)get_networks, NULL,
+	 PyDoc_STR("The named networks src_net/dst_net match, as (name, cidr) pairs."), NULL},
 	{NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(aggregator_doc,
-"Aggregator(fields, max_keys=65536, budget=None, *, ttl=0, min_residency=20, admit_rate=10, decay=10)\n--\n\n"
+"Aggregator(fields, max_keys=65536, budget=None, *, address_mask=(32, 128), networks=(), ttl=0, min_residency=20, admit_rate=10, decay=10)\n--\n\n"
 "Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by\n"
 "Nflog.aggregate() in C with the GIL released; read with read() or snapshot(). A record whose key\n"
 "is new when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`\n"
@@ -620,7 +811,10 @@ PyDoc_STRVAR(aggregator_doc,
 "second until no new key was refused or kept waiting for 60 s.\n"
 "Bytes are the IP header's total length, so they are right whatever the copy range, as long as\n"
 "the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload\n"
-"(COPY_META, COPY_NONE) adds 0 bytes.");
+"(COPY_META, COPY_NONE) adds 0 bytes.\n"
+"saddr/daddr are reduced to address_mask (IPv4, IPv6 prefix lengths) before keying; src_net and\n"
+"dst_net are the longest match of the full address among networks, (name, cidr) pairs with the\n"
+"host bits clear; the payload is parsed for these only when one of them is a field.");
 
 PyTypeObject AggregatorType = {
 	PyVarObject_HEAD_INIT(NULL, 0)

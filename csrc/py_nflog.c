@@ -67,6 +67,9 @@ static PyObject *raise_open_error(int r, const struct nfd_config *cfg)
 	}
 	if (r == -EBUSY)
 		return set_error(r, "NFLOG group %u is already bound by this handle", cfg->group);
+	if (r == -EOPNOTSUPP && cfg->conntrack)
+		return set_error(r, "NFLOG group %u: this kernel cannot attach conntrack data to records "
+				 "(no CONFIG_NETFILTER_NETLINK_GLUE_CT)", cfg->group);
 	return set_error(r, "cannot bind NFLOG group %u: %s", cfg->group, strerror(-r));
 }
 
@@ -110,9 +113,9 @@ static int make_config(struct nfd_config *cfg, long group, double timeout, long 
 static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = {"group", "timeout", "qthresh", "rcvbuf", "nlbuf", "enobufs",
-				 "copymode", "copyrange", "seq", NULL};
+				 "copymode", "copyrange", "seq", "conntrack", NULL};
 	long group, qthresh = 1, rcvbuf = 0, nlbuf = 0, copyrange = 0;
-	int enobufs = ENOBUFS_RAISE, copymode = NFULNL_COPY_PACKET, seq = 0, r;
+	int enobufs = ENOBUFS_RAISE, copymode = NFULNL_COPY_PACKET, seq = 0, conntrack = 0, r;
 	double timeout = 0.0;
 	struct nfd_config cfg;
 
@@ -120,13 +123,14 @@ static int handle_init(HandleObject *self, PyObject *args, PyObject *kw)
 		PyErr_SetString(PyExc_RuntimeError, "Nflog.__init__ was already called: open a new handle");
 		return -1;
 	}
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "l|$dllliilp:open", kwlist, &group, &timeout,
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "l|$dllliilpp:open", kwlist, &group, &timeout,
 					 &qthresh, &rcvbuf, &nlbuf, &enobufs, &copymode, &copyrange,
-					 &seq))
+					 &seq, &conntrack))
 		return -1;
 	if (make_config(&cfg, group, timeout, qthresh, rcvbuf, nlbuf, enobufs, copymode, copyrange,
 			seq) < 0)
 		return -1;
+	cfg.conntrack = conntrack;  /* labels: ct_state (EOPNOTSUPP where the kernel cannot) */
 	Py_BEGIN_ALLOW_THREADS
 	r = nfd_sock_open(&self->sock, &cfg);
 	Py_END_ALLOW_THREADS
@@ -526,6 +530,7 @@ static PyObject *handle_configure(HandleObject *self, PyObject *args, PyObject *
 	if (make_config(&cfg, cur->group, timeout, qthresh, cur->rcvbuf, nlbuf, cur->enobufs_mode,
 			(int)copymode, copyrange, cur->seq) < 0)
 		return NULL;
+	cfg.conntrack = cur->conntrack;  /* the flags are replaced, not ORed: keep what was asked */
 	/* Under the GIL: close() flags the handle under the GIL before it closes the fd. */
 	r = nfd_sock_configure(&self->sock, &cfg);
 	if (r < 0)
@@ -776,7 +781,7 @@ static PyGetSetDef handle_getset[] = {
 
 PyDoc_STRVAR(handle_doc,
 "Nflog(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=0, copymode=2, copyrange=0, "
-"seq=False)\n--\n\n"
+"seq=False, conntrack=False)\n--\n\n"
 "A handle on one NFLOG group, bound on creation (use nflog.open(), which documents the arguments;\n"
 "enobufs=0 is ENOBUFS_RAISE, copymode=2 is COPY_PACKET). Iterating yields records until the\n"
 "handle is closed; it is a context manager that closes on exit.");

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <linux/netlink.h>
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
@@ -275,6 +276,58 @@ static PyObject *get_length(PyObject *self, void *c)
 	return PyLong_FromUnsignedLong(REC(self)->ip_len);
 }
 
+/* ---- labels: fields derived from the copied payload (record.c), parsed when read ---------- */
+
+static PyObject *get_addr(PyObject *self, void *which)
+{
+	uint8_t sa[16], da[16];
+	char buf[INET6_ADDRSTRLEN];
+	int fam = nfd_record_addrs(REC(self), sa, da);
+	if (!fam)
+		Py_RETURN_NONE;
+	/* str, as inet_ntop writes it (RFC 5952 for IPv6): what labels show and logs print;
+	 * ipaddress.ip_address() makes an object of it when one is wanted. */
+	if (!inet_ntop(fam == 4 ? AF_INET : AF_INET6, which ? da : sa, buf, sizeof(buf)))
+		return PyErr_SetFromErrno(PyExc_OSError);
+	return PyUnicode_FromString(buf);
+}
+
+static PyObject *get_port(PyObject *self, void *which)
+{
+	uint16_t sport, dport;
+	if (!nfd_record_ports(REC(self), &sport, &dport))
+		Py_RETURN_NONE;
+	return PyLong_FromLong(which ? dport : sport);
+}
+
+static PyObject *get_icmp_type(PyObject *self, void *c)
+{
+	uint8_t type;
+	(void)c;
+	if (!nfd_record_icmp_type(REC(self), &type))
+		Py_RETURN_NONE;
+	return PyLong_FromLong(type);
+}
+
+static PyObject *get_tcp_flags(PyObject *self, void *c)
+{
+	uint8_t flags;
+	(void)c;
+	if (!nfd_record_tcp_flags(REC(self), &flags))
+		Py_RETURN_NONE;
+	return PyLong_FromLong(flags);
+}
+
+static PyObject *get_ct_state(PyObject *self, void *c)
+{
+	static const char *const names[] = {NULL, "new", "established", "related"};
+	enum nfd_ct_state st = nfd_record_ct_state(REC(self));
+	(void)c;
+	if (st == NFD_CT_NONE)
+		Py_RETURN_NONE;
+	return PyUnicode_FromString(names[st]);
+}
+
 #define GET(name, fn, doc) {name, (getter)fn, NULL, PyDoc_STR(doc), NULL}
 #define DEV(name, fn, which, doc) {name, (getter)fn, NULL, PyDoc_STR(doc), (void *)(intptr_t)which}
 
@@ -305,6 +358,14 @@ static PyGetSetDef data_getset[] = {
 	GET("group", get_group, "NFLOG group the record came from."),
 	GET("l4proto", get_l4proto, "IP protocol number of the transport header (6 TCP, 17 UDP ...), or None."),
 	GET("length", get_length, "Packet length from the IP header (bytes), or None without payload."),
+	/* labels: from the copied payload (record.c); None when the copy does not hold them */
+	DEV("saddr", get_addr, 0, "Source address (str, RFC 5952 for IPv6), or None without an IP header."),
+	DEV("daddr", get_addr, 1, "Destination address (str, RFC 5952 for IPv6), or None without an IP header."),
+	DEV("sport", get_port, 0, "TCP/UDP/UDP-Lite/SCTP/DCCP source port, or None (also for non-first fragments)."),
+	DEV("dport", get_port, 1, "TCP/UDP/UDP-Lite/SCTP/DCCP destination port, or None (also for non-first fragments)."),
+	GET("icmp_type", get_icmp_type, "ICMP or ICMPv6 type (l4proto tells which), or None."),
+	GET("tcp_flags", get_tcp_flags, "TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10 ...), or None."),
+	GET("ct_state", get_ct_state, "Conntrack state ('new', 'established', 'related'), or None when the kernel sent none."),
 	{NULL, NULL, NULL, NULL, NULL},
 };
 

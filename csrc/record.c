@@ -38,7 +38,9 @@ bool nfd_is_packet_msg(const struct nlmsghdr *nlh)
 	return nlh->nlmsg_type == ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET);
 }
 
-/* Walk IPv6 extension headers to the upper-layer protocol; bounded by the payload and a hop count. */
+/* Walk IPv6 extension headers to the upper-layer protocol, as the kernel's ipv6_find_hdr does;
+ * bounded by the payload and a hop count. A fragment header with a non-zero offset ends the walk:
+ * what follows is the middle of someone else's transport header. */
 static void parse_ipv6_l4(struct nfd_record *rec)
 {
 	const uint8_t *p = rec->payload;
@@ -55,9 +57,15 @@ static void parse_ipv6_l4(struct nfd_record *rec)
 				return;
 			hlen = ((uint32_t)p[off + 1] + 1) * 8;
 			break;
-		case 44:  /* fragment */
-			if (off + 2 > len)
+		case 44:  /* fragment: fixed 8 bytes, the offset in its 13 high bits of bytes 2-3 */
+			if (off + 8 > len)
 				return;
+			if (get_be16(p + off + 2) & 0xfff8) {
+				rec->l4proto = p[off];
+				rec->has_l4proto = true;
+				rec->fragment = true;
+				return;
+			}
 			hlen = 8;
 			break;
 		case 51:  /* authentication header */
@@ -68,6 +76,8 @@ static void parse_ipv6_l4(struct nfd_record *rec)
 		default:
 			rec->l4proto = next;
 			rec->has_l4proto = true;
+			if (off < len)
+				rec->l4_off = (uint16_t)off;  /* len < 65536: the payload attribute's bound */
 			return;
 		}
 		next = p[off];
@@ -75,7 +85,8 @@ static void parse_ipv6_l4(struct nfd_record *rec)
 	}
 }
 
-/* Bytes and L4 protocol from the IP header: the payload may be cut at the copy range, the header is not. */
+/* Bytes and L4 protocol from the IP header: the payload may be cut at the copy range, the header is
+ * not. Also where the transport header starts, for the labels that read it (only when asked). */
 static void parse_ip(struct nfd_record *rec)
 {
 	const uint8_t *p = rec->payload;
@@ -90,17 +101,36 @@ static void parse_ip(struct nfd_record *rec)
 	bool want6 = rec->hw_protocol == ETHERTYPE_IPV6 || rec->family == 10;
 	if (version == 4 && want4 && len >= 20) {
 		uint16_t tot_len = get_be16(p + 2);
+		uint32_t ihl = (uint32_t)(p[0] & 0x0f) * 4;
 		/* 0 marks a BIG TCP GSO packet over 64 KiB: keep the copied length, as for jumbograms. */
 		if (tot_len != 0)
 			rec->ip_len = tot_len;
 		rec->l4proto = p[9];
 		rec->has_l4proto = true;
+		rec->ip_version = 4;
+		if (get_be16(p + 6) & 0x1fff)
+			rec->fragment = true;
+		else if (ihl >= 20 && ihl < len)
+			rec->l4_off = (uint16_t)ihl;  /* options included: IHL says where they end */
 	} else if (version == 6 && want6 && len >= 40) {
 		uint16_t plen = get_be16(p + 4);
 		/* A zero payload length means a jumbogram: keep the copied length. */
 		if (plen != 0)
 			rec->ip_len = 40u + plen;
+		rec->ip_version = 6;
 		parse_ipv6_l4(rec);
+	}
+}
+
+enum nfd_ct_state nfd_record_ct_state(const struct nfd_record *rec)
+{
+	if (!REC_HAS(rec, NFULA_CT_INFO))
+		return NFD_CT_NONE;
+	switch (rec->ct_info) {  /* enum ip_conntrack_info; the _REPLY values are the same states */
+	case 0: case 3: return NFD_CT_ESTABLISHED;
+	case 1: case 4: return NFD_CT_RELATED;
+	case 2: return NFD_CT_NEW;
+	default: return NFD_CT_NONE;
 	}
 }
 
@@ -144,6 +174,7 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 		case NFULA_UID:
 		case NFULA_GID:
 		case NFULA_SEQ:
+		case NFULA_CT_INFO:
 			if (vlen < 4)
 				return -EBADMSG;
 			{
@@ -156,6 +187,7 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 				case NFULA_IFINDEX_PHYSOUTDEV: rec->physoutdev = x; break;
 				case NFULA_UID: rec->uid = x; break;
 				case NFULA_GID: rec->gid = x; break;
+				case NFULA_CT_INFO: rec->ct_info = x; break;
 				default: rec->seq = x; break;
 				}
 			}

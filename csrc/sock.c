@@ -62,7 +62,8 @@ static int send_config(struct nfd_sock *s, const struct nfd_config *cfg, bool bi
 		mnl_attr_put_u32(nlh, NFULA_CFG_NLBUFSIZ, htonl(cfg->nlbuf));
 	mnl_attr_put_u32(nlh, NFULA_CFG_TIMEOUT, htonl(cfg->timeout));
 	mnl_attr_put_u32(nlh, NFULA_CFG_QTHRESH, htonl(cfg->qthresh));
-	mnl_attr_put_u16(nlh, NFULA_CFG_FLAGS, htons(cfg->seq ? NFULNL_CFG_F_SEQ : 0));
+	mnl_attr_put_u16(nlh, NFULA_CFG_FLAGS, htons((cfg->seq ? NFULNL_CFG_F_SEQ : 0) |
+						     (cfg->conntrack ? NFULNL_CFG_F_CONNTRACK : 0)));
 	if (sendto(s->fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
 		return -errno;
 	return 0;

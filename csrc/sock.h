@@ -27,6 +27,7 @@ struct nfd_config {
 	int rcvbuf;           /* 0 = system default */
 	int enobufs_mode;      /* ENOBUFS_RAISE/HANDLE/DISABLE; the count is nfd_sock.enobufs */
 	bool seq;
+	bool conntrack;       /* NFULNL_CFG_F_CONNTRACK, for the ct_state label; bind only */
 };
 
 struct nfd_sock {

@@ -10,8 +10,9 @@ from typing import Callable, Iterable, Iterator, Literal, TypeVar, final, overlo
 
 _H = TypeVar("_H", bound="Nflog")
 
-# A value in an aggregation key: bytes (prefix), int, or None (absent).
-_KeyValue = int | bytes | None
+# A value in an aggregation key: bytes (prefix), int, str (addresses, networks, ct_state),
+# (proto, type) for icmp_type, or None (absent).
+_KeyValue = int | bytes | str | tuple[int, int] | None
 
 ENOBUFS_RAISE: int
 """enobufs mode: raise NflogDroppedError when the kernel dropped records (0)."""
@@ -144,6 +145,28 @@ class NflogData:
     @property
     def length(self) -> int | None:
         """Packet length from the IP header (bytes), or None without payload."""
+    # labels: from the copied payload (record.c); None when the copy does not hold them
+    @property
+    def saddr(self) -> str | None:
+        """Source address (str, RFC 5952 for IPv6), or None without an IP header."""
+    @property
+    def daddr(self) -> str | None:
+        """Destination address (str, RFC 5952 for IPv6), or None without an IP header."""
+    @property
+    def sport(self) -> int | None:
+        """TCP/UDP/UDP-Lite/SCTP/DCCP source port, or None (also for non-first fragments)."""
+    @property
+    def dport(self) -> int | None:
+        """TCP/UDP/UDP-Lite/SCTP/DCCP destination port, or None (also for non-first fragments)."""
+    @property
+    def icmp_type(self) -> int | None:
+        """ICMP or ICMPv6 type (l4proto tells which), or None."""
+    @property
+    def tcp_flags(self) -> int | None:
+        """TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10 ...), or None."""
+    @property
+    def ct_state(self) -> str | None:
+        """Conntrack state ('new', 'established', 'related'), or None when the kernel sent none."""
     def __iter__(self) -> Iterator[tuple[str, object]]:
         """(name, value) for every attribute, so dict(data) works."""
     def __reduce__(self, /) -> tuple[type[NflogData], tuple[bytes, tuple[str | None, ...]]]:
@@ -179,10 +202,15 @@ class Aggregator:
     admit_rate a second until no new key was refused or kept waiting for 60 s. Bytes are the IP
     header's total length, so they are right whatever the copy range, as long as the IP header is
     copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload (COPY_META,
-    COPY_NONE) adds 0 bytes."""
+    COPY_NONE) adds 0 bytes. saddr/daddr are reduced to address_mask (IPv4, IPv6 prefix lengths)
+    before keying; src_net and dst_net are the longest match of the full address among networks,
+    (name, cidr) pairs with the host bits clear; the payload is parsed for these only when one of
+    them is a field."""
 
     def __init__(self, fields: Iterable[str], max_keys: int = 65536,
-                 budget: SeriesBudget | None = None, *, ttl: int = 0, min_residency: int = 20,
+                 budget: SeriesBudget | None = None, *,
+                 address_mask: tuple[int, int] = (32, 128),
+                 networks: Iterable[tuple[str, str]] = (), ttl: int = 0, min_residency: int = 20,
                  admit_rate: int = 10, decay: int = 10) -> None: ...
     def read(self) -> tuple[tuple[str, ...], list[tuple[tuple[_KeyValue, ...], int, int]],
                             tuple[int, int]]:
@@ -218,7 +246,11 @@ class Aggregator:
         order given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as
         interface indexes (None when absent; names belong to the handle's network namespace);
         uid, gid and proto None when the record had none; mark 0 when unmarked; group, family,
-        hook and hwproto ints. Counters only grow, until clear()."""
+        hook and hwproto ints; saddr/daddr as str ('203.0.113.7', '2001:db8::/48' when
+        address_mask cut it); sport/dport and tcp_flags ints; icmp_type (proto, type) with proto
+        1 (ICMP) or 58 (ICMPv6); src_net/dst_net the network's name; ct_state 'new',
+        'established' or 'related'; each None when the packet has none. Counters only grow, until
+        clear()."""
     def clear(self) -> None:
         """Forget every key and counter (returning the keys to the budget)."""
     @property
@@ -240,6 +272,12 @@ class Aggregator:
     @property
     def budget(self) -> SeriesBudget | None:
         """The shared SeriesBudget, or None."""
+    @property
+    def address_mask(self) -> tuple[int, int]:
+        """(ipv4, ipv6): the prefix lengths saddr and daddr are reduced to."""
+    @property
+    def networks(self) -> tuple[tuple[str, str], ...]:
+        """The named networks src_net/dst_net match, as (name, cidr) pairs."""
 
 
 @final
@@ -250,7 +288,7 @@ class Nflog:
 
     def __init__(self, group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0,
                  nlbuf: int = 0, enobufs: int = 0, copymode: int = 2, copyrange: int = 0,
-                 seq: bool = False) -> None: ...
+                 seq: bool = False, conntrack: bool = False) -> None: ...
     @overload
     def next(self, /, wait: Literal[True] = True) -> NflogData:
         """The next record (NflogData). With wait=False, None when none is waiting. Records queued before

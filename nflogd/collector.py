@@ -11,126 +11,94 @@ from __future__ import annotations
 import platform
 import re
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as generate_openmetrics,
+)
 
-from . import __version__
-from .config import Config, GroupConfig, classify
+from . import __version__, labels
+from .config import Config, classify
 from .http.stats import ServerStats
 from .ifnames import InterfaceNames
-from .nflog import FAMILY_NAMES, HOOK_NAMES, LIBNETFILTER_LOG_VERSION, PROTO_NAMES
-from .worker import GroupWorker, WorkerStats
+from .nflog import LIBNETFILTER_LOG_VERSION
+from .worker import GroupWorker, WorkerSnapshot, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # What Prometheus asks for first; prometheus_client 0.16 (Debian 12) still names version 0.0.1.
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # OpenMetrics names a counter family without the _total its samples carry.
 _OM_COUNTER_META = re.compile(rb"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
-OVERFLOW = "__overflow__"
-
-# The aggregation field behind each label (action is derived from the prefix).
-FIELD_OF_LABEL = {
-    "group": "group", "prefix": "prefix", "action": "prefix", "indev": "indev", "outdev": "outdev",
-    "physindev": "physindev", "physoutdev": "physoutdev", "uid": "uid", "gid": "gid",
-    "family": "family", "proto": "proto", "hook": "hook", "mark": "mark",
-}
-
-
-def fields_for(labels: Sequence[str]) -> tuple[str, ...]:
-    """The aggregation fields the labels need, in label order, each once."""
-    return tuple(dict.fromkeys(FIELD_OF_LABEL[name] for name in labels))
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def label_string(pairs: Iterable[tuple[str, str]]) -> str:
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}"
+OVERFLOW = labels.OVERFLOW
 
 
 class RecordCounters:
-    """Renders the record counters of all workers, merging rows that map to the same labels."""
+    """Renders the record counters of worker snapshots, merging rows that map to the same labels.
+
+    Label strings come from labels.KeyRenderer, cached per (group, key) until the config or the
+    interface names change."""
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
-        self._cache: dict[tuple, str] = {}
-        self._cache_tag: tuple = ()
+        self._cache: dict[tuple[int, tuple[object, ...]], str] = {}
+        self._cache_tag: tuple[int, int] = (0, -1)
 
-    def _value(self, cfg: Config, label: str, raw: object) -> str:
-        if label in ("indev", "outdev", "physindev", "physoutdev"):
-            return self._ifnames.name(raw)  # type: ignore[arg-type]
-        if raw is None:
-            return ""
-        if label == "prefix":
-            return raw.decode("utf-8", "backslashreplace")  # type: ignore[union-attr]
-        if label == "action":
-            return classify(raw.decode("utf-8", "backslashreplace"), cfg.actions)  # type: ignore[union-attr]
-        if label == "family":
-            return FAMILY_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
-        if label == "proto":
-            return PROTO_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
-        if label == "hook":
-            return HOOK_NAMES.get(raw, str(raw))  # type: ignore[call-overload]
-        return str(raw)
+    def context(self, cfg: Config) -> labels.LabelContext:
+        actions = cfg.actions
+        return labels.LabelContext(ifname=self._ifnames.name,
+                                   action=lambda prefix: classify(prefix, actions))
 
-    def _labels(self, cfg: Config, group: GroupConfig, fields: tuple[str, ...], key: tuple) -> str:
-        pairs = [(name, self._value(cfg, name, key[fields.index(FIELD_OF_LABEL[name])]))
-                 for name in cfg.labels]
-        return label_string(pairs + sorted(group.labels))
+    def renderer(self, cfg: Config, snap: WorkerSnapshot) -> labels.KeyRenderer:
+        """The function that turns one key of this snapshot into its label string."""
+        return labels.KeyRenderer(cfg.labels, snap.spec.fields, self.context(cfg),
+                                  snap.group_config.labels)
 
-    def _overflow_labels(self, cfg: Config, group: GroupConfig) -> str:
-        pairs = [(name, str(group.group) if name == "group" else OVERFLOW) for name in cfg.labels]
-        return label_string(pairs + sorted(group.labels))
-
-    def render(self, cfg: Config, workers: Sequence[GroupWorker]) -> str:
+    def render(self, cfg: Config, snapshots: Sequence[WorkerSnapshot]) -> str:
         tag = (id(cfg), self._ifnames.generation)
         if tag != self._cache_tag or len(self._cache) > 4 * cfg.max_series + 1024:
             self._cache.clear()  # names, labels or config changed: rebuild what is asked
             self._cache_tag = tag
         cache = self._cache
         totals: dict[str, list[int]] = {}
-        wanted = fields_for(cfg.labels)
-        for w in workers:
-            gcfg = w.cfg
-            # Rows and remainder at one instant: their sum is exactly what the group received.
-            fields, rows, (over_packets, over_bytes) = w.aggregator.read()
-            # Between a reload relabelling the aggregators and publishing its config, fields
-            # differ from the config's. Reordered, the rows are named all the same (uncached:
-            # the cache is keyed by key tuples in the config's order); other fields cannot be
-            # named yet, so the group's whole count shows in its remainder series for this
-            # scrape (sums stay exact and nothing goes down).
-            reordered = fields != wanted
-            if reordered and set(fields) != set(wanted):
+        wanted = cfg.key_spec
+        for snap in snapshots:
+            group = snap.group
+            rows = snap.rows
+            over_packets, over_bytes = snap.overflow  # rows and overflow taken at one instant
+            if snap.spec != wanted:
+                # A reload is between relabelling the aggregators and publishing its config:
+                # the rows cannot be named yet, so the group's whole count shows in its
+                # remainder series for this scrape (sums stay exact and nothing goes down).
                 over_packets += sum(r[1] for r in rows)
                 over_bytes += sum(r[2] for r in rows)
-                rows = []
+                rows = ()
+            render: labels.KeyRenderer | None = None
             for key, packets, nbytes in rows:
-                ck = (gcfg.group, key)
-                labels = None if reordered else cache.get(ck)
-                if labels is None:
-                    labels = self._labels(cfg, gcfg, fields, key)
-                    if not reordered:
-                        cache[ck] = labels
-                acc = totals.get(labels)
+                ck = (group, key)
+                text = cache.get(ck)
+                if text is None:
+                    if render is None:
+                        render = self.renderer(cfg, snap)
+                    text = cache[ck] = render(key)
+                acc = totals.get(text)
                 if acc is None:
-                    totals[labels] = [packets, nbytes]
+                    totals[text] = [packets, nbytes]
                 else:
                     acc[0] += packets
                     acc[1] += nbytes
             if over_packets:
-                acc = totals.setdefault(self._overflow_labels(cfg, gcfg), [0, 0])
+                text = labels.overflow_label_string(cfg.labels, group, snap.group_config.labels)
+                acc = totals.setdefault(text, [0, 0])
                 acc[0] += over_packets
                 acc[1] += over_bytes
         out = ["# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n",
                "# TYPE nflog_packets_total counter\n"]
-        out += [f"nflog_packets_total{labels} {v[0]}\n" for labels, v in totals.items()]
+        out += [f"nflog_packets_total{text} {v[0]}\n" for text, v in totals.items()]
         out += ["# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n",
                 "# TYPE nflog_bytes_total counter\n"]
-        out += [f"nflog_bytes_total{labels} {v[1]}\n" for labels, v in totals.items()]
+        out += [f"nflog_bytes_total{text} {v[1]}\n" for text, v in totals.items()]
         return "".join(out)
 
 
@@ -163,7 +131,8 @@ class HealthCollector:
         workers = self._workers()
         stats: list[WorkerStats] = [w.stats() for w in workers]
 
-        def per_group(family: Metric, value: Callable[[WorkerStats], float | None]) -> Metric:
+        def per_group(family: CounterMetricFamily | GaugeMetricFamily,
+                      value: Callable[[WorkerStats], float | None]) -> Metric:
             for s in stats:
                 v = value(s)
                 if v is not None:
@@ -273,14 +242,14 @@ class Exposition:
         self._config = config
         self._ifnames = ifnames
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(health)  # type: ignore[arg-type]
+        self.registry.register(health)
         ProcessCollector(registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The body and content type for a scrape sending `accept`: OpenMetrics 1.0.0 when it
         asks for it (ending in # EOF), Prometheus text 0.0.4 otherwise."""
         self._ifnames.refresh()
-        text = self._counters.render(self._config(), self._workers())
+        text = self._counters.render(self._config(), [w.snapshot() for w in self._workers()])
         if wants_openmetrics(accept):
             return (openmetrics_counters(text.encode()) + generate_openmetrics(self.registry),
                     OPENMETRICS_CONTENT_TYPE)

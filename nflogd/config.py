@@ -14,27 +14,30 @@ import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from . import labels as _labels
 from .yamlreader import TAG as _TAG
 from .yamlreader import ConfigError, NodeReader, compose_file, type_name
 from .yamlreader import describe as _describe
 
 __all__ = [
-    "ActionRule",
     "BUILTIN_SOURCE",
-    "Config",
-    "ConfigError",
     "DEFAULT_ACTIONS",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_LABELS",
-    "GroupConfig",
     "LABEL_NAMES",
     "LOG_LEVELS",
+    "ActionRule",
+    "Config",
+    "ConfigError",
+    "GroupConfig",
+    "NamedNetwork",
     "classify",
     "default_config",
     "load_config",
@@ -43,11 +46,8 @@ __all__ = [
 DEFAULT_CONFIG_PATH = "/etc/nflogd/nflogd.yaml"
 BUILTIN_SOURCE = "<built-in defaults>"
 
-# Record labels offered for nflog_packets_total / nflog_bytes_total, in SPEC order.
-LABEL_NAMES: tuple[str, ...] = (
-    "group", "prefix", "action", "indev", "outdev", "physindev", "physoutdev",
-    "uid", "gid", "family", "proto", "hook", "mark",
-)
+# Record labels offered for nflog_packets_total / nflog_bytes_total: nflogd/labels.py's table.
+LABEL_NAMES: tuple[str, ...] = _labels.LABEL_NAMES
 DEFAULT_LABELS: tuple[str, ...] = ("group", "prefix", "indev", "outdev", "uid")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
@@ -66,10 +66,12 @@ _DURATION_RE = re.compile(r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m
 _DURATION_MAX = 2**31 - 1
 
 _TOP_KEYS = ("listen", "metrics_path", "log_level", "max_series", "series_ttl", "labels", "actions",
-             "groups", "web_config_file")
+             "groups", "web_config_file", "address_mask", "networks")
 _GROUP_KEYS = ("group", "qthresh", "timeout", "nlbuf", "copy_range", "rcvbuf", "rcvbuf_max",
                "labels")
 _ACTION_KEYS = ("match", "action")
+_NETWORK_KEYS = ("name", "cidr")
+_MASK_KEYS = ("ipv4", "ipv6")
 
 _PROM_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
@@ -107,6 +109,14 @@ DEFAULT_ACTIONS: tuple[ActionRule, ...] = (
 
 
 @dataclass(frozen=True)
+class NamedNetwork:
+    """One `networks:` entry: the src_net/dst_net label value of addresses inside its prefixes."""
+
+    name: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration. Field defaults are the built-in defaults.
 
@@ -130,6 +140,14 @@ class Config:
     groups: tuple[GroupConfig, ...] = (GroupConfig(group=0),)
     web_config_file: str | None = None
     source: str = BUILTIN_SOURCE
+    address_mask: tuple[int, int] = (32, 128)  # prefix lengths of saddr/daddr (IPv4, IPv6)
+    networks: tuple[NamedNetwork, ...] = ()
+
+    @property
+    def key_spec(self) -> _labels.KeySpec:
+        """What the aggregators key on for these labels (see labels.key_spec)."""
+        pairs = ((n.name, str(net)) for n in self.networks for net in n.networks)
+        return _labels.key_spec(self.labels, self.address_mask, pairs)
 
     @property
     def listen(self) -> str:
@@ -271,7 +289,13 @@ class _Reader(NodeReader):
             kw["groups"] = self.groups(keys["groups"][1])
         if "web_config_file" in keys:
             kw["web_config_file"] = self.web_config_file(keys["web_config_file"][1])
-        return Config(**kw)
+        if "address_mask" in keys:
+            kw["address_mask"] = self.address_mask(keys["address_mask"][1])
+        if "networks" in keys:
+            kw["networks"] = self.networks(keys["networks"][1])
+        config = Config(**kw)
+        self.check_labels_fit(config, keys)
+        return config
 
     def listen(self, node: Node) -> tuple[str, int]:
         text = self.string(node, "listen")
@@ -422,6 +446,93 @@ class _Reader(NodeReader):
                                         "label as absent)")
             labels.append((name, text))
         return tuple(labels)
+
+    def address_mask(self, node: Node) -> tuple[int, int]:
+        keys = self.mapping(node, "address_mask", _MASK_KEYS)
+        v4 = self.integer(keys["ipv4"][1], "address_mask.ipv4", 0, 32) if "ipv4" in keys else 32
+        v6 = self.integer(keys["ipv6"][1], "address_mask.ipv6", 0, 128) if "ipv6" in keys else 128
+        return v4, v6
+
+    def networks(self, node: Node) -> tuple[NamedNetwork, ...]:
+        out: list[NamedNetwork] = []
+        names: dict[str, Node] = {}
+        prefixes: dict[Any, tuple[str, Node]] = {}
+        for i, item in enumerate(self.sequence(node, "networks")):
+            where = f"networks[{i}]"
+            keys = self.mapping(item, where, _NETWORK_KEYS)
+            for required in _NETWORK_KEYS:
+                if required not in keys:
+                    raise self.error(item, f"{where}: missing required key {required!r} "
+                                           "(e.g. {name: office, cidr: 198.51.100.0/24})")
+            name_node = keys["name"][1]
+            name = self.string(name_node, f"{where}.name")
+            if not name or name == _labels.OVERFLOW:
+                raise self.error(name_node, f"{where}.name: {name!r} cannot be a network name "
+                                            "(it is a label value: not empty, not __overflow__)")
+            if name in names:
+                raise self.error(name_node, f"{where}.name: network {name!r} is listed twice "
+                                            f"(first at line {names[name].start_mark.line + 1}); "
+                                            "give one entry a list of cidrs instead")
+            names[name] = name_node
+            cidr_node = keys["cidr"][1]
+            cidr_nodes = self.sequence(cidr_node, f"{where}.cidr") \
+                if isinstance(cidr_node, SequenceNode) else [cidr_node]
+            if not cidr_nodes:
+                raise self.error(cidr_node, f"{where}.cidr: empty list")
+            nets = []
+            for j, cnode in enumerate(cidr_nodes):
+                cwhere = f"{where}.cidr" + (f"[{j}]" if isinstance(cidr_node, SequenceNode) else "")
+                net = self.cidr(cnode, cwhere)
+                if net in prefixes:
+                    other, onode = prefixes[net]
+                    raise self.error(cnode, f"{cwhere}: {net} is already network {other!r} "
+                                            f"(line {onode.start_mark.line + 1}); an address "
+                                            "can only have one name per prefix")
+                prefixes[net] = (name, cnode)
+                nets.append(net)
+            out.append(NamedNetwork(name, tuple(nets)))
+        if len(prefixes) > 65535:
+            raise self.error(node, f"networks: {len(prefixes)} prefixes, at most 65535")
+        return tuple(out)
+
+    def cidr(self, node: Node, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        text = self.string(node, where)
+        if "/" not in text:
+            raise self.error(node, f"{where}: {text!r} has no prefix length; write e.g. "
+                                   f"{text}/{128 if ':' in text else 32} for one address")
+        try:
+            return ipaddress.ip_network(text)
+        except ValueError as e:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise self.error(node, f"{where}: {text!r} is not a network "
+                                       f"(address/length): {e}") from None
+            raise self.error(node, f"{where}: {text!r} has host bits set; did you mean "
+                                   f"{loose}?") from None
+
+    def check_labels_fit(self, config: Config, keys: dict[str, tuple[Node, Node]]) -> None:
+        """Labels that read the packet need a copy range holding the headers; src_net/dst_net
+        need networks. Said where the setting was written (or the labels, for the default)."""
+        names = config.labels
+        label_node = keys["labels"][1] if "labels" in keys else None
+        if any(n in names for n in ("src_net", "dst_net")) and not config.networks:
+            where = label_node or (keys["networks"][1] if "networks" in keys else None)
+            raise self.error(where, "labels: src_net/dst_net need a `networks:` list to name "
+                                    "(e.g. networks: [{name: office, cidr: 198.51.100.0/24}])")
+        need, who = _labels.min_copy_range(names)
+        if not need:
+            return
+        group_nodes = self.sequence(keys["groups"][1], "groups") if "groups" in keys else []
+        for i, g in enumerate(config.groups):
+            if 0 < g.copy_range < need:
+                node = None
+                if i < len(group_nodes):
+                    gkeys = self.mapping(group_nodes[i], f"groups[{i}]", _GROUP_KEYS)
+                    node = gkeys["copy_range"][1] if "copy_range" in gkeys else group_nodes[i]
+                raise self.error(node, f"groups[{i}].copy_range: {g.copy_range} bytes cannot "
+                                       f"hold the label {who!r}, which needs at least {need} (an "
+                                       "IPv6 header and what follows it; 0 copies whole packets)")
 
     def web_config_file(self, node: Node) -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _TAG + "null":

@@ -19,7 +19,7 @@ import time
 from typing import Sequence
 
 from . import nflog
-from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus, fields_for
+from .collector import Exposition, HealthCollector, RecordCounters, ReloadStatus
 from .config import Config, ConfigError, GroupConfig, load_config
 from .http import MetricsServer
 from .ifnames import InterfaceNames
@@ -90,7 +90,7 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, group_cfg: GroupConfig, cfg: Config) -> GroupWorker:
-        return GroupWorker(group_cfg, fields_for(cfg.labels), self.budget, cfg.series_ttl)
+        return GroupWorker(group_cfg, cfg.key_spec, self.budget, cfg.series_ttl)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
@@ -223,7 +223,7 @@ class Daemon:
             self.server.reload(web)  # raises WebConfigError, keeping the old web config
             self.server.set_metrics_path(cfg.metrics_path)
         self.budget.limit = cfg.max_series
-        fields = fields_for(cfg.labels)
+        spec = cfg.key_spec
         wanted = {g.group: g for g in cfg.groups}
         for group in [g for g in self.workers if g not in wanted]:
             self._retire_worker(group)
@@ -231,7 +231,7 @@ class Daemon:
             w = self.workers.get(group)
             if w is not None:
                 w.reconfigure(group_cfg)  # in place: the group stays bound, nothing is lost
-                w.relabel(fields)  # atomic: the old rows' counts move into the remainder
+                w.relabel(spec)  # fields only: atomic, the old rows' counts move to the remainder
                 w.set_series_ttl(cfg.series_ttl)
                 continue
             w = self._new_worker(group_cfg, cfg)

@@ -70,20 +70,17 @@ __license__ = "GPL-2.0-or-later"
 __build_debug__ = False
 NFLOGR_VERSION = "0.2.12"
 
-# Names for the numbers records carry, for labels and logs.
-FAMILY_NAMES = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
-HOOK_NAMES = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
-PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 33: "dccp", 41: "ipv6", 47: "gre",
-               50: "esp", 51: "ah", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+# Names for the numbers records carry, for labels and logs: defined with the labels.
+from .labels import FAMILY_NAMES, HOOK_NAMES, PROTO_NAMES  # noqa: E402
 
 _builtin_open = builtins.open
 
 
 def open(group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0, nlbuf: int = 0,
          enobufs: int = ENOBUFS_RAISE, copymode: int = COPY_PACKET, copyrange: int = 0,
-         seq: bool = False) -> Nflog:
+         seq: bool = False, conntrack: bool = False) -> Nflog:
     """open(group, *, timeout=0.0, qthresh=1, rcvbuf=0, nlbuf=0, enobufs=ENOBUFS_RAISE,
-    copymode=COPY_PACKET, copyrange=0, seq=False) -> Nflog
+    copymode=COPY_PACKET, copyrange=0, seq=False, conntrack=False) -> Nflog
 
     Bind NFLOG group ``group`` (0-65535) and return its handle; needs root or CAP_NET_ADMIN.
 
@@ -97,10 +94,14 @@ def open(group: int, *, timeout: float = 0.0, qthresh: int = 1, rcvbuf: int = 0,
       0 meaning the whole packet up to COPY_RANGE_MAX).
     - seq: ask for sequence numbers, so ``NflogData.seq`` is set and ``Nflog.lost`` counts
       exactly the records lost between the kernel and this handle.
+    - conntrack: ask for conntrack data (NFULNL_CFG_F_CONNTRACK), so ``NflogData.ct_state`` is
+      set; a kernel built without CONFIG_NETFILTER_NETLINK_GLUE_CT refuses it (NflogError,
+      errno EOPNOTSUPP) and binds nothing.
 
     Out-of-range values raise ValueError (the kernel would silently ignore them); a group bound
     by another socket, or a missing CAP_NET_ADMIN, raises NflogPermissionError (EPERM, both an
     NflogError and a PermissionError) naming where to look.
     """
     return Nflog(group, timeout=timeout, qthresh=qthresh, rcvbuf=rcvbuf, nlbuf=nlbuf,
-                 enobufs=enobufs, copymode=copymode, copyrange=copyrange, seq=seq)
+                 enobufs=enobufs, copymode=copymode, copyrange=copyrange, seq=seq,
+                 conntrack=conntrack)

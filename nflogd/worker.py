@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from . import nflog
 from .config import GroupConfig
+from .labels import KeySpec
 
 log = logging.getLogger("nflogd.worker")
 
@@ -78,6 +79,18 @@ class WorkerStats:
     error: str | None
 
 
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A worker's record counters copied at one instant, with what they are keyed by: all the
+    collector needs to render them, so it never reaches into a live worker."""
+
+    group: int
+    group_config: GroupConfig
+    spec: KeySpec
+    rows: tuple[tuple[tuple[object, ...], int, int], ...]  # (key, packets, bytes)
+    overflow: tuple[int, int]  # (packets, bytes) over the series budget
+
+
 class _Totals:
     """Counters of closed handles, so the exported totals never go backwards on a restart."""
 
@@ -105,12 +118,15 @@ _NO_HANDLE = _NoHandle()
 class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
-    def __init__(self, cfg: GroupConfig, fields: tuple[str, ...],
-                 budget: nflog.SeriesBudget, series_ttl: int = 0) -> None:
+    def __init__(self, cfg: GroupConfig, spec: KeySpec, budget: nflog.SeriesBudget,
+                 series_ttl: int = 0) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
-        self.aggregator = nflog.Aggregator(fields, max_keys=NO_KEY_LIMIT, budget=budget,
-                                           ttl=series_ttl)
+        self._budget = budget
+        self._series_ttl = series_ttl
+        # One tuple, replaced in one assignment, so a reader never pairs a spec with another's
+        # aggregator.
+        self._current: tuple[KeySpec, nflog.Aggregator] = (spec, self._new_aggregator(spec))
         self._lock = threading.Lock()      # guards _handle, _totals, _error, cfg swaps
         self._handle: nflog.Nflog | None = None
         self._totals = _Totals()
@@ -122,6 +138,8 @@ class GroupWorker(threading.Thread):
         self._read_failing_since = 0.0  # monotonic time of the streak's first failure
         self._error: str | None = None
         self._rcvbuf_target = cfg.rcvbuf
+        self._next_spec: KeySpec | None = None
+        self._conntrack_ok = True  # until the kernel refuses NFULNL_CFG_F_CONNTRACK
         self._heartbeat = time.monotonic()
         self._unbound_total = 0.0
         self._unbound_since: float | None = None  # monotonic time the group lost its socket
@@ -157,13 +175,22 @@ class GroupWorker(threading.Thread):
                           cfg.group, reason(e))
                 h.close()  # wakes aggregate(); the loop binds again with the new settings
 
-    def relabel(self, fields: tuple[str, ...]) -> None:
-        """Count by other fields from now on. Atomic in C, under the table's lock: what the rows
-        counted moves into the group's remainder, so no record is ever in no series."""
-        if fields != self.aggregator.fields:
-            self.aggregator.relabel(fields)
+    def relabel(self, spec: KeySpec) -> None:
+        """Count by another key from now on. Other fields alone: in place, atomic in C under the
+        table's lock (what the rows counted moves into the group's remainder, so no record is
+        ever in no series). Another address_mask or networks: the worker swaps its Aggregator
+        between two reads (records of the old one's window are then not carried over)."""
+        old_spec, agg = self._current
+        if spec == old_spec:
+            return
+        if (spec.address_mask, spec.networks) == (old_spec.address_mask, old_spec.networks):
+            agg.relabel(spec.fields)
+            self._current = (spec, agg)
+        else:
+            self._next_spec = spec
 
     def set_series_ttl(self, seconds: int) -> None:
+        self._series_ttl = seconds
         self.aggregator.set_policy(ttl=seconds)
 
     def stop(self) -> None:
@@ -171,6 +198,27 @@ class GroupWorker(threading.Thread):
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
+
+    @property
+    def aggregator(self) -> nflog.Aggregator:
+        return self._current[1]
+
+    @property
+    def spec(self) -> KeySpec:
+        return self._current[0]
+
+    def snapshot(self) -> WorkerSnapshot:
+        """The record counters now, frozen, with the spec they were counted by."""
+        (spec, agg), cfg = self._current, self.cfg
+        # Rows and remainder at one instant (their sum is everything received). A relabel
+        # between reading _current and the copy shows as other fields: the collector then puts
+        # the whole count in the remainder for this scrape.
+        fields, rows, overflow = agg.read()
+        if fields != spec.fields:
+            overflow = (overflow[0] + sum(r[1] for r in rows), overflow[1] + sum(r[2] for r in rows))
+            rows = []
+        return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
+                              rows=tuple(rows), overflow=overflow)
 
     def stats(self) -> WorkerStats:
         with self._lock:
@@ -211,9 +259,24 @@ class GroupWorker(threading.Thread):
     # -- the thread ---------------------------------------------------------------------------
     def _open(self) -> nflog.Nflog:
         cfg = self.cfg
-        h = nflog.open(cfg.group, timeout=cfg.timeout, qthresh=cfg.qthresh, nlbuf=cfg.nlbuf,
-                       rcvbuf=self._rcvbuf_target, enobufs=nflog.ENOBUFS_DISABLE,
-                       copymode=nflog.COPY_PACKET, copyrange=cfg.copy_range, seq=True)
+
+        def bind(conntrack: bool) -> nflog.Nflog:
+            return nflog.open(cfg.group, timeout=cfg.timeout, qthresh=cfg.qthresh,
+                              nlbuf=cfg.nlbuf, rcvbuf=self._rcvbuf_target,
+                              enobufs=nflog.ENOBUFS_DISABLE, copymode=nflog.COPY_PACKET,
+                              copyrange=cfg.copy_range, seq=True, conntrack=conntrack)
+
+        # The ct_state label asks for conntrack data; a kernel that cannot send it refuses the
+        # whole bind (EOPNOTSUPP): say so once, and count without it (ct_state "").
+        want_ct = self._conntrack_ok and "ct_state" in self.spec.fields
+        try:
+            h = bind(want_ct)
+        except nflog.NflogError as e:
+            if not (want_ct and e.errno == errno.EOPNOTSUPP):
+                raise
+            self._conntrack_ok = False
+            log.warning("group %d: %s; the ct_state label stays empty", cfg.group, reason(e))
+            h = bind(False)
         self._error = None
         return h
 
@@ -228,10 +291,25 @@ class GroupWorker(threading.Thread):
                 if self._unbound_since is None and not self._stop_event.is_set():
                     self._unbound_since = time.monotonic()
 
+    def _new_aggregator(self, spec: KeySpec) -> nflog.Aggregator:
+        return nflog.Aggregator(spec.fields, max_keys=NO_KEY_LIMIT, budget=self._budget,
+                                address_mask=spec.address_mask, networks=spec.networks,
+                                ttl=self._series_ttl)
+
+    def _swap_aggregator(self) -> None:
+        """Called by the worker thread only, between two aggregate() calls, so no record is
+        folded into an aggregator that is already gone."""
+        spec, self._next_spec = self._next_spec, None
+        if spec is not None and spec != self.spec:
+            old = self.aggregator
+            old.clear()  # its keys go back to the shared budget first
+            self._current = (spec, self._new_aggregator(spec))
+
     def run(self) -> None:
         bind_retry = 0.0  # the first attempt to bind again is immediate
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
+            self._swap_aggregator()
             self.aggregator.tick()
             h = self._handle
             if h is None or h.closed:
@@ -302,6 +380,7 @@ class GroupWorker(threading.Thread):
                          self._read_streak)
                 self._read_streak = 0
             self._heartbeat = time.monotonic()
+            self._swap_aggregator()
             self.aggregator.tick()  # the budget's clock and sweep: once a call, not per record
             if h.lost != lost_seen:
                 lost_seen = h.lost

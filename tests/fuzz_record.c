@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Bounds of the record parser (record.c) and the datagram walker (sock.c nfd_sock_dispatch),
- * built by tests/test_nflog_c.py with -fsanitize=address,undefined.
+/* Bounds of the record parser (record.c, with the label fields it derives from the payload), the
+ * datagram walker (sock.c nfd_sock_dispatch), the counter table's key (agg_table.c) and the named
+ * networks' longest-prefix match (netmatch.c), built by tests/test_nflog_c.py with
+ * -fsanitize=address,undefined.
  *
  * Every message is parsed from a heap block of exactly its length, so any read past it is an
  * AddressSanitizer error; on top of that every pointer and length the parser returns is checked
@@ -20,10 +22,16 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
+#include "agg_table.h"
+#include "netmatch.h"
 #include "record.h"
 #include "sock.h"
 
 static unsigned long long cases;
+static uint64_t rnd(void);
+/* A table keyed by every field, with networks: every parsed record is folded into it too. */
+static struct agg_table fold_table;
+static struct nfd_nets fold_nets;
 
 #define CHECK(cond, ...)                                                                      \
 	do {                                                                                  \
@@ -142,7 +150,22 @@ static void check_record(const struct nfd_record *r, const void *msg, size_t siz
 	CHECK(r->prefix_len <= NFD_PREFIX_MAX, "prefix_len %u", r->prefix_len);
 	CHECK(r->hwaddr_len <= 8, "hwaddr_len %u", r->hwaddr_len);
 	if (!r->payload)
-		CHECK(r->ip_len == 0 && !r->has_l4proto, "ip facts without a payload");
+		CHECK(r->ip_len == 0 && !r->has_l4proto && !r->ip_version && !r->l4_off,
+		      "ip facts without a payload");
+	CHECK(!r->l4_off || r->l4_off < r->payload_len, "l4_off %u of %u", r->l4_off, r->payload_len);
+	CHECK(r->ip_version == 0 || r->payload_len >= (r->ip_version == 4 ? 20u : 40u), "ip_version");
+	/* The label readers, which read the payload: ASan sees any overreach. */
+	uint8_t sa[16], da[16], t8;
+	uint16_t sp, dp;
+	int fam = nfd_record_addrs(r, sa, da);
+	CHECK(fam == 0 || fam == 4 || fam == 6, "family %d", fam);
+	if (nfd_record_ports(r, &sp, &dp))
+		CHECK(!r->fragment && r->l4_off + 4u <= r->payload_len, "ports past the copy");
+	if (nfd_record_tcp_flags(r, &t8))
+		CHECK(r->l4proto == 6 && r->l4_off + 14u <= r->payload_len, "flags past the copy");
+	if (nfd_record_icmp_type(r, &t8))
+		CHECK(r->l4proto == 1 || r->l4proto == 58, "icmp type of proto %u", r->l4proto);
+	CHECK(nfd_record_ct_state(r) <= NFD_CT_RELATED, "ct state");
 	/* Touch every byte the record points at, so ASan sees any overreach. */
 	volatile uint8_t sink = 0;
 	for (size_t i = 0; i < r->prefix_len; i++)
@@ -156,6 +179,19 @@ static void check_record(const struct nfd_record *r, const void *msg, size_t siz
 	(void)sink;
 }
 
+/* The label fields of the last record parse_exact parsed, read while its copy was alive. */
+static struct {
+	int fam;
+	uint8_t sa[16], da[16], tf, it;
+	bool ports, flags, icmp;
+	uint16_t sp, dp;
+	enum nfd_ct_state ct;
+} last;
+#define PORTS() (sp = last.sp, dp = last.dp, last.ports)
+#define FLAGS() (t8 = last.tf, last.flags)
+#define ICMP() (t8 = last.it, last.icmp)
+#define ADDRS() (memcpy(sa, last.sa, 16), memcpy(da, last.da, 16), last.fam)
+
 /* Parse `len` bytes of src from a heap block of exactly that size, with nlmsg_len = len. */
 static int parse_exact(const uint8_t *src, size_t len, struct nfd_record *out)
 {
@@ -168,8 +204,20 @@ static int parse_exact(const uint8_t *src, size_t len, struct nfd_record *out)
 	((struct nlmsghdr *)copy)->nlmsg_len = (uint32_t)len;
 	ret = nfd_record_parse((struct nlmsghdr *)copy, &r);
 	CHECK(ret == 0 || ret == -EBADMSG, "parse returned %d", ret);
-	if (ret == 0)
+	memset(&last, 0, sizeof(last));
+	if (ret == 0) {
 		check_record(&r, copy, len);
+		last.fam = nfd_record_addrs(&r, last.sa, last.da);
+		last.ports = nfd_record_ports(&r, &last.sp, &last.dp);
+		last.flags = nfd_record_tcp_flags(&r, &last.tf);
+		last.icmp = nfd_record_icmp_type(&r, &last.it);
+		last.ct = nfd_record_ct_state(&r);
+		if (fold_table.slots) {
+			if (fold_table.nentries > 50000)
+				agg_clear(&fold_table);
+			agg_fold(&fold_table, &r);  /* every field: the key reads the payload too */
+		}
+	}
 	if (out)
 		*out = r;  /* pointers dangle after free: callers only read scalars */
 	free(copy);
@@ -241,7 +289,7 @@ static void test_short_fixed_attributes(void)
 		{NFULA_GID, 4}, {NFULA_SEQ, 4},
 		{NFULA_TIMESTAMP, sizeof(struct nfulnl_msg_packet_timestamp)},
 		{NFULA_HWADDR, sizeof(struct nfulnl_msg_packet_hw)},
-		{NFULA_HWTYPE, 2}, {NFULA_HWLEN, 2},
+		{NFULA_HWTYPE, 2}, {NFULA_HWLEN, 2}, {NFULA_CT_INFO, 4},
 	};
 	uint8_t zeros[64] = {0};
 	struct msg m;
@@ -364,6 +412,278 @@ static void test_ip_headers(void)
 	/* Jumbogram (payload length 0): keep the copied length. */
 	p[6] = 17;
 	CHECK(parse_payload(10, 0x86dd, p, 100, &r) == 0 && r.ip_len == 100, "jumbo");
+}
+
+/* ---- label fields from the payload -------------------------------------------------------------- */
+
+/* An IPv4 packet: ihl words of header (options zero), protocol, the fragment field, total length. */
+static size_t ipv4_pkt(uint8_t *p, unsigned ihl, uint8_t proto, uint16_t frag, uint16_t total)
+{
+	memset(p, 0, total);
+	p[0] = (uint8_t)(0x40 | ihl);
+	p[2] = (uint8_t)(total >> 8);
+	p[3] = (uint8_t)total;
+	p[6] = (uint8_t)(frag >> 8);
+	p[7] = (uint8_t)frag;
+	p[8] = 64;
+	p[9] = proto;
+	memcpy(p + 12, (uint8_t[]){203, 0, 113, 7}, 4);
+	memcpy(p + 16, (uint8_t[]){198, 51, 100, 1}, 4);
+	return total;
+}
+
+static void put_l4(uint8_t *h, uint8_t proto)
+{
+	h[0] = 0x30; h[1] = 0x39;  /* sport 12345 */
+	h[2] = 0x00; h[3] = 0x50;  /* dport 80 */
+	if (proto == 6)
+		h[13] = 0x12;      /* syn,ack */
+	if (proto == 1 || proto == 58)
+		h[0] = 8;          /* echo-request (ICMP) */
+}
+
+static void test_label_fields(void)
+{
+	static uint8_t p[2048];
+	struct nfd_record r;
+	uint16_t sp, dp;
+	uint8_t sa[16], da[16], t8;
+
+	/* IPv4 with every header length 5..15 words: the transport header after the options. */
+	for (unsigned ihl = 0; ihl <= 15; ihl++) {
+		size_t total = ipv4_pkt(p, ihl, 6, 0, 100);
+		if (ihl >= 5)
+			put_l4(p + ihl * 4, 6);
+		CHECK(parse_payload(2, 0x0800, p, total, &r) == 0, "ihl %u", ihl);
+		bool ok = ihl >= 5;
+		CHECK(PORTS() == ok, "ihl %u ports", ihl);
+		if (ok)
+			CHECK(sp == 12345 && dp == 80 && FLAGS() && t8 == 0x12,
+			      "ihl %u: %u %u", ihl, sp, dp);
+		CHECK(ADDRS() == 4 && sa[0] == 203 && da[3] == 1, "v4 addrs");
+	}
+	/* Cut at every length: ports only with 4 bytes of transport header in the copy, flags with 14. */
+	ipv4_pkt(p, 6, 6, 0, 200);
+	put_l4(p + 24, 6);
+	for (size_t n = 0; n <= 60; n++) {
+		CHECK(parse_payload(2, 0x0800, p, n, &r) == 0, "cut %zu", n);
+		CHECK(PORTS() == (n >= 28), "cut %zu ports", n);
+		CHECK(FLAGS() == (n >= 38), "cut %zu flags", n);
+		CHECK((ADDRS() == 4) == (n >= 20), "cut %zu addrs", n);
+	}
+	/* A total length shorter than the header: bytes past it are padding, not a port. */
+	ipv4_pkt(p, 5, 17, 0, 60);
+	put_l4(p + 20, 17);
+	p[2] = 0; p[3] = 22;
+	CHECK(parse_payload(2, 0x0800, p, 60, &r) == 0 && !PORTS(), "tot 22");
+	/* Fragments: the first (MF, offset 0) has ports; later ones none, protocol still known. */
+	ipv4_pkt(p, 5, 17, 0x2000, 100);
+	put_l4(p + 20, 17);
+	CHECK(parse_payload(2, 0x0800, p, 100, &r) == 0 && PORTS() && dp == 80,
+	      "first fragment");
+	for (uint16_t off = 1; off < 0x2000; off = (uint16_t)(off * 3 + 1)) {
+		ipv4_pkt(p, 5, 17, off, 100);
+		put_l4(p + 20, 17);
+		CHECK(parse_payload(2, 0x0800, p, 100, &r) == 0 && r.fragment && r.l4proto == 17 &&
+		      !PORTS(), "fragment offset %u", off);
+	}
+	/* ICMP: its type; not for other protocols, not ICMPv6's number in IPv4. */
+	ipv4_pkt(p, 5, 1, 0, 84);
+	put_l4(p + 20, 1);
+	CHECK(parse_payload(2, 0x0800, p, 84, &r) == 0 && ICMP() && t8 == 8 &&
+	      !PORTS() && !FLAGS(), "icmp");
+	CHECK(parse_payload(2, 0x0800, p, 20, &r) == 0 && !ICMP(), "icmp cut");
+	p[9] = 58;
+	CHECK(parse_payload(2, 0x0800, p, 84, &r) == 0 && !ICMP(), "58 in v4");
+	/* Ports for exactly TCP, UDP, DCCP, SCTP, UDP-Lite. */
+	for (unsigned proto = 0; proto < 256; proto++) {
+		ipv4_pkt(p, 5, (uint8_t)proto, 0, 100);
+		put_l4(p + 20, (uint8_t)proto);
+		bool want = proto == 6 || proto == 17 || proto == 33 || proto == 132 || proto == 136;
+		CHECK(parse_payload(2, 0x0800, p, 100, &r) == 0 &&
+		      PORTS() == want, "proto %u", proto);
+	}
+
+	/* IPv6 through hop-by-hop (8), destination options (16), routing (24), fragment (8), AH (12). */
+	memset(p, 0, sizeof(p));
+	p[0] = 0x60;
+	p[6] = 0;
+	size_t off = 40;
+	p[off] = 60; p[off + 1] = 0; off += 8;      /* hop-by-hop -> dstopts */
+	p[off] = 43; p[off + 1] = 1; off += 16;     /* dstopts -> routing */
+	p[off] = 44; p[off + 1] = 2; off += 24;     /* routing -> fragment */
+	p[off] = 51; off += 8;                      /* fragment (offset 0) -> AH */
+	p[off] = 17; p[off + 1] = 1; off += 12;     /* AH, (1 + 2) * 4 bytes -> UDP */
+	put_l4(p + off, 17);
+	size_t l4 = off, total = off + 8;
+	p[4] = (uint8_t)((total - 40) >> 8);
+	p[5] = (uint8_t)(total - 40);
+	p[8] = 0x20; p[9] = 0x01; p[10] = 0x0d; p[11] = 0xb8;  /* 2001:db8:: */
+	for (size_t n = 0; n <= total; n++) {
+		CHECK(parse_payload(10, 0x86dd, p, n, &r) == 0, "v6 chain cut %zu", n);
+		CHECK(PORTS() == (n >= l4 + 4), "v6 chain cut %zu ports", n);
+	}
+	CHECK(r.l4proto == 17 && sp == 12345 && dp == 80 && r.l4_off == l4, "v6 chain");
+	CHECK(ADDRS() == 6 && sa[0] == 0x20 && sa[3] == 0xb8, "v6 addrs");
+	/* The same chain with a non-first fragment: the walk stops at the fragment header. */
+	size_t frag = 40 + 8 + 16 + 24;
+	p[frag + 2] = 0x01;  /* offset 32 (x 8 bytes) */
+	CHECK(parse_payload(10, 0x86dd, p, total, &r) == 0 && r.fragment && r.l4proto == 51 &&
+	      !PORTS(), "v6 later fragment");
+	p[frag + 2] = 0;
+	p[frag + 3] = 0x01;  /* only the M flag: the first fragment, ports known */
+	CHECK(parse_payload(10, 0x86dd, p, total, &r) == 0 && !r.fragment &&
+	      PORTS(), "v6 first fragment");
+	/* ICMPv6 type; not ICMP's number in IPv6. */
+	memset(p, 0, 48);
+	p[0] = 0x60; p[5] = 8; p[6] = 58; p[40] = 135;
+	CHECK(parse_payload(10, 0x86dd, p, 48, &r) == 0 && ICMP() && t8 == 135,
+	      "icmpv6");
+	p[6] = 1;
+	CHECK(parse_payload(10, 0x86dd, p, 48, &r) == 0 && !ICMP(), "1 in v6");
+	/* Not IP: no label field at all. */
+	CHECK(parse_payload(7, 0x0806, p, 48, &r) == 0 && !ADDRS() &&
+	      !PORTS() && !ICMP(), "arp");
+}
+
+/* NFULA_CT_INFO as the kernel sends it (the kernel here cannot: no CONFIG_NETFILTER_NETLINK_GLUE_CT),
+ * with the NFULA_CT nest beside it, which is skipped. */
+static void test_ct_state(void)
+{
+	static const enum nfd_ct_state want[] = {
+		NFD_CT_ESTABLISHED, NFD_CT_RELATED, NFD_CT_NEW, NFD_CT_ESTABLISHED, NFD_CT_RELATED,
+		NFD_CT_NONE, NFD_CT_NONE, NFD_CT_NONE,
+	};
+	uint8_t nest[16] = {0};
+	struct nfd_record r;
+	struct msg m;
+
+	for (uint32_t info = 0; info < 8; info++) {
+		msg_start(&m, 2, 1);
+		msg_attr(&m, NLA_F_NESTED | NFULA_CT, nest, sizeof(nest));
+		msg_u32(&m, NFULA_CT_INFO, info);
+		CHECK(parse_exact(m.b, m.len, &r) == 0 && last.ct == want[info],
+		      "ct_info %u", info);
+	}
+	msg_start(&m, 2, 1);
+	CHECK(parse_exact(m.b, m.len, &r) == 0 && last.ct == NFD_CT_NONE, "no ct");
+}
+
+/* ---- named networks and the key --------------------------------------------------------------- */
+
+static uint32_t brute_lookup(const struct nfd_net_spec *specs, size_t n, int family,
+			     const uint8_t *addr)
+{
+	uint32_t best = 0;
+	int best_len = -1;
+	for (size_t i = 0; i < n; i++) {
+		if (specs[i].family != family || specs[i].len <= best_len)
+			continue;
+		uint8_t a[16] = {0}, b[16];
+		memcpy(a, addr, family == 4 ? 4 : 16);
+		memcpy(b, specs[i].addr, 16);
+		nfd_mask_addr(a, family, specs[i].len);
+		nfd_mask_addr(b, family, specs[i].len);
+		if (memcmp(a, b, 16) == 0) {
+			best = specs[i].index;
+			best_len = specs[i].len;
+		}
+	}
+	return best;
+}
+
+/* Random networks (clustered so they nest) against a brute-force longest match. */
+static void test_netmatch(void)
+{
+	static struct nfd_net_spec specs[3000];
+	struct nfd_nets nets;
+
+	for (int round = 0; round < 20; round++) {
+		size_t n = 1 + rnd() % (round < 10 ? 40 : 3000);
+		for (size_t i = 0; i < n; i++) {
+			struct nfd_net_spec *s = &specs[i];
+			memset(s, 0, sizeof(*s));
+			s->family = rnd() % 2 ? 4 : 6;
+			s->addr[0] = (uint8_t)(rnd() % 4);  /* few top bytes: many overlaps */
+			for (int j = 1; j < 16; j++)
+				s->addr[j] = (uint8_t)(rnd() % 3 ? rnd() % 4 : rnd());
+			s->len = (uint8_t)(rnd() % ((s->family == 4 ? 32 : 128) + 1));
+			nfd_mask_addr(s->addr, s->family, s->len);
+			if (s->family == 4)
+				memset(s->addr + 4, 0, 12);
+			s->index = (uint32_t)i + 1;
+		}
+		CHECK(nfd_nets_build(&nets, specs, n) == 0, "build");
+		for (int q = 0; q < 2000; q++) {
+			uint8_t a[16];
+			int family = rnd() % 2 ? 4 : 6;
+			if (rnd() % 2) {  /* an address inside a known network */
+				const struct nfd_net_spec *s = &specs[rnd() % n];
+				family = s->family;
+				memcpy(a, s->addr, 16);
+				a[15 - rnd() % 4] ^= (uint8_t)rnd();
+				if (family == 4)
+					a[3] ^= (uint8_t)rnd();
+			} else {
+				for (int j = 0; j < 16; j++)
+					a[j] = (uint8_t)(j ? rnd() % 4 : rnd() % 5);
+			}
+			uint32_t got = nfd_nets_lookup(&nets, family, a), want = brute_lookup(specs, n, family, a);
+			/* Duplicated prefixes keep the first index: the brute force prefers the first too. */
+			CHECK(got == want, "round %d: lookup %u, brute force %u", round, got, want);
+			cases++;
+		}
+		nfd_nets_free(&nets);
+	}
+	/* Bad specs refused. */
+	struct nfd_net_spec bad = {.family = 4, .len = 33, .index = 1};
+	CHECK(nfd_nets_build(&nets, &bad, 1) == -EINVAL, "len 33");
+	bad.family = 5; bad.len = 8;
+	CHECK(nfd_nets_build(&nets, &bad, 1) == -EINVAL, "family 5");
+}
+
+/* Fold records with every field into a table: masked addresses merge, each key holds its fields. */
+
+static void fold_setup(void)
+{
+	static const struct nfd_net_spec specs[] = {
+		{.family = 4, .addr = {203, 0, 113, 0}, .len = 24, .index = 1},
+		{.family = 4, .addr = {203, 0, 0, 0}, .len = 16, .index = 2},
+		{.family = 6, .addr = {0x20, 0x01, 0x0d, 0xb8}, .len = 32, .index = 3},
+	};
+	CHECK(nfd_nets_build(&fold_nets, specs, 3) == 0, "nets");
+	CHECK(agg_init(&fold_table, (1u << F_NFIELDS) - 1, 100000, NULL) == 0, "agg_init");
+	fold_table.mask4 = 24;
+	fold_table.mask6 = 48;
+	fold_table.nets = &fold_nets;
+}
+
+static void test_fold_keys(void)
+{
+	static uint8_t p[200];
+	struct msg m;
+	struct nfd_record r;
+	struct nfulnl_msg_packet_hdr ph = {.hw_protocol = htons(0x0800), .hook = 1};
+
+	agg_clear(&fold_table);
+	for (int host = 0; host < 200; host++) {
+		ipv4_pkt(p, 5, 6, 0, 100);
+		put_l4(p + 20, 6);
+		p[15] = (uint8_t)host;  /* 203.0.113.x: one /24 */
+		msg_start(&m, 2, 1);
+		msg_attr(&m, NFULA_PACKET_HDR, &ph, sizeof(ph));
+		msg_attr(&m, NFULA_PAYLOAD, p, 100);
+		CHECK(nfd_record_parse((struct nlmsghdr *)m.b, &r) == 0, "parse");
+		agg_fold(&fold_table, &r);
+	}
+	CHECK(fold_table.nentries == 1, "a /24 mask folds 200 hosts into %zu keys", fold_table.nentries);
+	const struct agg_key *k = &fold_table.entries[0].key;
+	const struct agg_pkey *pk = &k->pk;
+	CHECK(pk->addr_family == 4 && pk->saddr[0] == 203 && pk->saddr[2] == 113 && pk->saddr[3] == 0 &&
+	      pk->src_net == 1 && pk->dst_net == 0 && pk->sport == 12345 && pk->dport == 80 &&
+	      pk->tcp_flags == 0x12 && (k->flags & KEY_HAS_PORTS) && (k->flags & KEY_HAS_TCP_FLAGS),
+	      "key fields");
+	CHECK(fold_table.entries[0].packets == 200 && fold_table.entries[0].bytes == 200 * 100, "counts");
 }
 
 /* ---- the datagram walker ---------------------------------------------------------------------- */
@@ -553,7 +873,7 @@ static void random_phase(double seconds)
 			if ((double)(t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 >= seconds)
 				break;
 		}
-		switch (iter % 4) {
+		switch (iter % 5) {
 		case 0: {  /* a mutated whole message, possibly cut */
 			size_t len = full.len;
 			memcpy(buf, full.b, len);
@@ -586,6 +906,27 @@ static void random_phase(double seconds)
 			parse_exact(m.b, m.len, NULL);
 			break;
 		}
+		case 3: {  /* IP packets with random options / extension chains, cut anywhere */
+			uint8_t pk[600];
+			size_t n = 40 + rnd() % 500;
+			for (size_t i = 0; i < n; i++)
+				pk[i] = (uint8_t)(rnd() % 3 ? rnd() % 64 : rnd());
+			static const uint8_t chain[] = {0, 43, 60, 44, 51, 6, 17, 58, 1, 132, 59, 50};
+			if (rnd() % 2) {
+				pk[0] = 0x60;
+				pk[6] = chain[rnd() % sizeof(chain)];
+				for (size_t o = 40; o + 2 < n; o += 8)  /* plausible next headers */
+					if (rnd() % 2)
+						pk[o] = chain[rnd() % sizeof(chain)];
+			} else {
+				pk[0] = (uint8_t)(0x40 | (rnd() % 16));
+				pk[6] = rnd() % 2 ? 0 : (uint8_t)rnd();
+				pk[9] = chain[5 + rnd() % 7];
+			}
+			parse_payload(rnd() % 2 ? 2 : 10, rnd() % 2 ? 0x0800 : 0x86dd, pk,
+				      rnd() % (n + 1), NULL);
+			break;
+		}
 		default: {  /* a mutated datagram through the walker */
 			uint8_t copy[8192];
 			size_t len = dglen;
@@ -614,9 +955,16 @@ int main(int argc, char **argv)
 	test_short_fixed_attributes();
 	test_prefix_and_hwheader_lengths();
 	test_ip_headers();
+	test_label_fields();
+	test_ct_state();
+	test_netmatch();
+	fold_setup();
+	test_fold_keys();
 	test_walker();
 	unsigned long long fixed = cases;
 	random_phase(seconds);
 	printf("ok %llu cases (%llu deterministic, %llu random)\n", cases, fixed, cases - fixed);
+	agg_destroy(&fold_table);
+	nfd_nets_free(&fold_nets);
 	return 0;
 }

@@ -26,7 +26,8 @@ def test_series_budget_against_a_model(tmp_path: Path) -> None:
     exe = tmp_path / "agg_budget"
     proc = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", *SANITIZE,
                            f"-I{REPO / 'csrc'}", str(REPO / "tests" / "agg_budget.c"),
-                           str(REPO / "csrc" / "agg_table.c"), "-o", str(exe)],
+                           str(REPO / "csrc" / "agg_table.c"), str(REPO / "csrc" / "record.c"),
+                           str(REPO / "csrc" / "netmatch.c"), "-o", str(exe)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"building agg_budget failed (gcc and libnetfilter-log-dev are " \
         f"needed; `make test` installs them):\n{proc.stderr}"
@@ -48,6 +49,7 @@ def test_series_budget_locking_under_threads(tmp_path: Path) -> None:
     proc = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
                            "-fsanitize=thread", f"-I{REPO / 'csrc'}",
                            str(REPO / "tests" / "agg_threads.c"), str(REPO / "csrc" / "agg_table.c"),
+                           str(REPO / "csrc" / "record.c"), str(REPO / "csrc" / "netmatch.c"),
                            "-lpthread", "-o", str(exe)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"building agg_threads failed:\n{proc.stderr}"

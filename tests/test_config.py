@@ -74,7 +74,9 @@ def test_default_config_matches_spec() -> None:
     assert c.web_config_file is None
     assert DEFAULT_CONFIG_PATH == "/etc/nflogd/nflogd.yaml"
     assert LABEL_NAMES == ("group", "prefix", "action", "indev", "outdev", "physindev",
-                           "physoutdev", "uid", "gid", "family", "proto", "hook", "mark")
+                           "physoutdev", "uid", "gid", "family", "proto", "hook", "mark",
+                           "saddr", "daddr", "sport", "dport", "icmp_type", "tcp_flags",
+                           "src_net", "dst_net", "ct_state")
 
 
 def test_config_is_frozen() -> None:

@@ -41,7 +41,9 @@ from nflogd import nflog
 NFLOGR_ATTRS = ["proto", "hwtype", "nfmark", "timestamp", "timestamp_us", "indev", "physindev",
                 "outdev", "physoutdev", "uid", "gid", "hwaddr", "hwhdr", "payload", "prefix"]
 OUR_ATTRS = ["indev_index", "outdev_index", "physindev_index", "physoutdev_index", "seq", "hook",
-             "family", "group", "l4proto", "length"]
+             "family", "group", "l4proto", "length",
+             # the payload labels (tests/test_labels_live.py checks their values)
+             "saddr", "daddr", "sport", "dport", "icmp_type", "tcp_flags", "ct_state"]
 ALL_ATTRS = NFLOGR_ATTRS + OUR_ATTRS
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD

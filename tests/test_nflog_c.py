@@ -1,7 +1,8 @@
-"""The C underneath nflogd.nflog, tested in C: bounds of every length the kernel sends, truncated
-datagrams from the real kernel, and a clean -Wall -Wextra -Werror build.
+"""The C underneath nflogd.nflog, tested in C: bounds of every length the kernel sends (and of the
+label fields parsed from the payload: addresses, ports, ICMP type, TCP flags, conntrack state,
+named networks), truncated datagrams from the real kernel, and a clean -Wall -Wextra -Werror build.
 
-The harnesses are compiled here with gcc against csrc/{record,sock}.c and run under
+The harnesses are compiled here with gcc against csrc/{record,sock,agg_table,netmatch}.c and run under
 AddressSanitizer and UndefinedBehaviorSanitizer (leaks included: LeakSanitizer runs at exit).
 Without gcc or libnetfilter_log's headers the tests fail, saying so.
 """
@@ -39,7 +40,7 @@ def build(tmp_path: Path, name: str, *sources: Path) -> Path:
 
 def test_record_parser_and_datagram_walker_bound_every_length(tmp_path: Path) -> None:
     exe = build(tmp_path, "fuzz_record", TESTS / "fuzz_record.c", SRC / "record.c",
-                SRC / "sock.c")
+                SRC / "sock.c", SRC / "agg_table.c", SRC / "netmatch.c")
     seed = int(time.time())
     proc = subprocess.run([str(exe), str(FUZZ_SECONDS), str(seed)], capture_output=True,
                           text=True, timeout=FUZZ_SECONDS + 60,

@@ -239,7 +239,7 @@ def test_rule_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
     assert alerts == {"NflogdFirewallDropRateHigh", "NflogdMessagesLost", "NflogdSeriesLimitReached",
                       "NflogdSeriesChurnHigh",
                       "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdRecordsUncounted",
-                      "NflogdDown"}
+                      "NflogdDown", "NflogdPortScan"}
     assert alerts - fired == set(), "alerts never shown firing"
     assert alerts - quiet == set(), "alerts never shown not firing"
 

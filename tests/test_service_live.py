@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import pytest
 import yaml
 
-from netns import NFLOGD, Netns, require_tools
+from netns import NFLOGD, SYSTEM_PYTHON, Netns, require_tools
 from stall import stall
 from test_service_files import dashboard_queries
 
@@ -403,6 +403,18 @@ DROP_PREFIX = "input drop test"
 ACCEPT_PREFIX = "output accept test"
 # More than 50/s over the shipped rule's 5 minute window (15000), twice over: see the test.
 BURST = 30_000
+# ICMP echo requests and TCP SYNs to 127.0.0.1 from a raw socket: one packet each, no retransmits,
+# so the dashboard's ICMP-type and TCP-flags panels have drops to show.
+RAW_SENDER = r"""
+import socket, struct, sys
+n = int(sys.argv[1])
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+tcp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+for i in range(n):
+    icmp.sendto(struct.pack("!BBHHH", 8, 0, 0xf7ff - i, 0, i), ("127.0.0.1", 0))
+    tcp.sendto(struct.pack("!HHIIBBHHH", 40000 + i, 5556, 1, 0, 5 << 4, 0x02, 1024, 0, 0),
+               ("127.0.0.1", 0))
+"""
 
 
 class PromAPI:
@@ -449,6 +461,8 @@ def test_prometheus_end_to_end(make_netns, procs, tmp_path: Path) -> None:
             chain input {{
                 type filter hook input priority 0;
                 udp dport 5555 counter log prefix "{DROP_PREFIX}" group 0 drop comment "dropped"
+                icmp type echo-request counter log prefix "{DROP_PREFIX}" group 0 drop comment "dropped-icmp"
+                tcp dport 5556 counter log prefix "{DROP_PREFIX}" group 0 drop comment "dropped-tcp"
             }}
             chain output {{
                 type filter hook output priority 0;
@@ -461,7 +475,9 @@ def test_prometheus_end_to_end(make_netns, procs, tmp_path: Path) -> None:
         pport = ns.free_port()
     cfg = tmp_path / "nflogd.yaml"
     cfg.write_text(f'listen: "127.0.0.1:{nport}"\n'
-                   "labels: [group, prefix, action, indev, outdev, uid]\n"
+                   "labels: [group, prefix, action, indev, outdev, uid, saddr, dport, proto, "
+                   "icmp_type, tcp_flags, src_net, dst_net]\n"
+                   "networks: [{name: loopback, cidr: 127.0.0.0/8}]\n"
                    "groups:\n  - {group: 0, timeout: 0.1}\n  - {group: 1, timeout: 0.1}\n")
     nflogd = procs(ns, [NFLOGD, "--config", str(cfg)], tmp_path / "nflogd.log",
                    env=daemon_env(None))
@@ -500,10 +516,12 @@ def test_prometheus_end_to_end(make_netns, procs, tmp_path: Path) -> None:
     # Seed: a few packets so the series exist in Prometheus before the burst; a counter's first
     # sample is not an increase, so a burst that created the series would never show in rate().
     ns.send_udp("127.0.0.1", 5555, 10)
-    wait_until(lambda: api.scalar(f'sum(nflog_packets_total{{prefix="{DROP_PREFIX}"}})') == 10,
+    ns.run(SYSTEM_PYTHON, "-c", RAW_SENDER, "2")
+    wait_until(lambda: api.scalar(f'sum(nflog_packets_total{{prefix="{DROP_PREFIX}"}})') == 14,
                30, "Prometheus stores the seed packets")
     t0 = time.monotonic()
     ns.send_udp("127.0.0.1", 5555, BURST)
+    ns.run(SYSTEM_PYTHON, "-c", RAW_SENDER, "20")
     sent = 10 + BURST
 
     # (a) The shipped drop alert goes pending (or firing), for the drop prefix only.
@@ -526,8 +544,10 @@ def test_prometheus_end_to_end(make_netns, procs, tmp_path: Path) -> None:
     # (c) Stored counts equal the nft counters exactly (packets and bytes), per prefix and in all.
     counters = ns.counters()
     assert counters["dropped"][0] == sent and counters["sent"][0] == sent, counters
-    for prefix, rule in ((DROP_PREFIX, "dropped"), (ACCEPT_PREFIX, "sent")):
-        want_p, want_b = counters[rule]
+    assert counters["dropped-icmp"][0] == counters["dropped-tcp"][0] == 22, counters
+    drop_rules = ("dropped", "dropped-icmp", "dropped-tcp")
+    for prefix, rules in ((DROP_PREFIX, drop_rules), (ACCEPT_PREFIX, ("sent",))):
+        want_p, want_b = (sum(counters[r][i] for r in rules) for i in (0, 1))
         got: dict[str, float | None] = {}
 
         def stored() -> bool:
@@ -541,7 +561,7 @@ def test_prometheus_end_to_end(make_netns, procs, tmp_path: Path) -> None:
             raise AssertionError(f"{prefix!r}: Prometheus has {got['p']} packets / {got['b']} bytes, "
                                  f"nft counted {want_p} / {want_b}") from None
     total = api.scalar('sum(nflog_packets_total{job="nflogd"})')
-    assert total == counters["dropped"][0] + counters["sent"][0], total
+    assert total == sum(counters[r][0] for r in drop_rules + ("sent",)), total
     assert api.scalar('sum(nflogd_messages_lost_total{job="nflogd"})') == 0
 
     # (b) Every query of the shipped dashboard returns data. Grafana's variables as it would fill

@@ -40,7 +40,9 @@ STAMP_SLACK = 1.0  # generous: a loaded machine may delay the second log call
 NFLOGR_FIELDS = ["proto", "hwtype", "nfmark", "timestamp", "timestamp_us", "indev", "physindev",
                  "outdev", "physoutdev", "uid", "gid", "hwaddr", "hwhdr", "payload", "prefix"]
 EXTRA_FIELDS = ["indev_index", "outdev_index", "physindev_index", "physoutdev_index", "seq", "hook",
-                "family", "group", "l4proto", "length"]
+                "family", "group", "l4proto", "length",
+                # the payload labels' fields (nflogd/labels.py)
+                "saddr", "daddr", "sport", "dport", "icmp_type", "tcp_flags", "ct_state"]
 ODD_PREFIX = "semi;colon {brace} #hash 100% it's \\x41 é"
 LONG_PREFIX = "L" * 126 + "!"  # the kernel's longest, 127 bytes
 
