@@ -10,7 +10,7 @@ STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.built
 SOURCES := $(wildcard csrc/*.c csrc/*.h) setup.py pyproject.toml
 
-.PHONY: all deps venv build run test check-c install clean
+.PHONY: all deps venv build run test test-unit check-c install clean
 
 all: build
 
@@ -38,6 +38,10 @@ run: build
 
 test: build
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The tests that need no root, kernel or systemd (tests/conftest.py says which): seconds, any user.
+test-unit: build
+	$(VENV)/bin/python -m pytest -m unit $(PYTEST_ARGS)
 
 install: build
 	./systemd/install.sh $(PREFIX)

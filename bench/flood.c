@@ -14,6 +14,10 @@
  *        uid from the credentials the socket was opened with, so setuid after socket() is useless)
  *   -U   uid sweep instead of a flood: one process sends COUNT/NUIDS datagrams from each of NUIDS
  *        uids UID_BASE .. UID_BASE+NUIDS-1 (one socket each), to make many distinct uid labels
+ *   -S   many sources: datagram k of a sender comes from 127.1.0.0 + (k % NSRC) (IP_PKTINFO per
+ *        message; every 127/8 address is local on lo), so records carry NSRC source addresses
+ *   -R   random sources: every datagram from a random address in 127.64.0.0/10 (4M addresses),
+ *        so nearly every record is a new key: a flood that keeps a series budget full
  * Prints one line: sent=N errors=E elapsed=S rate=R procs=P.
  */
 #define _GNU_SOURCE
@@ -38,6 +42,14 @@
 #define MAX_PROCS 64
 #define MAX_BATCH 1024
 #define MAX_SIZE 65000
+
+/* Where datagrams come from: the socket's own address, NSRC cycled ones, or random ones. */
+struct sources {
+	unsigned n;    /* 0: the socket's address */
+	int random;
+	uint64_t rng;  /* xorshift64 state, per sender */
+	unsigned long long next;
+};
 
 struct result {
 	unsigned long long sent;
@@ -68,12 +80,26 @@ static int open_socket(void)
 	return fd;
 }
 
+static uint32_t next_source(struct sources *src)
+{
+	if (src->random) {
+		uint64_t x = src->rng;
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		src->rng = x;
+		return 0x7f400000u | (uint32_t)(x & 0x3fffff);
+	}
+	return 0x7f010000u + (uint32_t)(src->next++ % src->n);
+}
+
 /* Send `count` datagrams, in batches, paced to `rate` per second (0 = unpaced). */
 static void send_loop(int fd, const struct sockaddr_in *dst, unsigned long long count, double rate,
-		      unsigned batch, size_t size, struct result *res)
+		      unsigned batch, size_t size, struct sources *src, struct result *res)
 {
 	static struct mmsghdr msgs[MAX_BATCH];
 	static struct iovec iov[MAX_BATCH];
+	static char cmsg[MAX_BATCH][CMSG_SPACE(sizeof(struct in_pktinfo))];
 	char *payload = calloc(1, size ? size : 1);
 	if (!payload)
 		die("calloc");
@@ -86,6 +112,15 @@ static void send_loop(int fd, const struct sockaddr_in *dst, unsigned long long 
 		msgs[i].msg_hdr.msg_namelen = sizeof(*dst);
 		msgs[i].msg_hdr.msg_iov = &iov[i];
 		msgs[i].msg_hdr.msg_iovlen = 1;
+		if (src->n || src->random) {
+			struct msghdr *h = &msgs[i].msg_hdr;
+			h->msg_control = cmsg[i];
+			h->msg_controllen = sizeof(cmsg[i]);
+			struct cmsghdr *c = CMSG_FIRSTHDR(h);
+			c->cmsg_level = IPPROTO_IP;
+			c->cmsg_type = IP_PKTINFO;
+			c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+		}
 	}
 
 	struct timespec start;
@@ -110,6 +145,10 @@ static void send_loop(int fd, const struct sockaddr_in *dst, unsigned long long 
 		unsigned n = batch;
 		if (count - sent < n)
 			n = (unsigned)(count - sent);
+		for (unsigned i = 0; (src->n || src->random) && i < n; i++) {
+			struct in_pktinfo pi = {.ipi_spec_dst.s_addr = htonl(next_source(src))};
+			memcpy(CMSG_DATA(CMSG_FIRSTHDR(&msgs[i].msg_hdr)), &pi, sizeof(pi));
+		}
 		int r = sendmmsg(fd, msgs, n, 0);
 		if (r < 0 && (errno == EPERM || errno == ECONNREFUSED)) {
 			/* Dropped by netfilter on the way out (or an ICMP error from an earlier datagram):
@@ -173,9 +212,11 @@ int main(int argc, char **argv)
 	double rate = 0;
 	long uid_base = -1;
 	size_t size = 64;
+	unsigned nsrc = 0;
+	int random_src = 0;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "d:p:N:n:r:P:u:U:s:b:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:p:N:n:r:P:u:U:s:b:S:R")) != -1) {
 		switch (opt) {
 		case 'd': dst_ip = optarg; break;
 		case 'p': port = (unsigned)strtoul(optarg, NULL, 0); break;
@@ -187,15 +228,18 @@ int main(int argc, char **argv)
 		case 'U': nuids = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 's': size = strtoul(optarg, NULL, 0); break;
 		case 'b': batch = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'S': nsrc = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'R': random_src = 1; break;
 		default:
 			fprintf(stderr, "usage: flood [-d DST] [-p PORT] [-N NPORTS] [-n COUNT] [-r RATE] "
-					"[-P PROCS] [-u UID_BASE] [-U NUIDS] [-s SIZE] [-b BATCH]\n");
+					"[-P PROCS] [-u UID_BASE] [-U NUIDS] [-s SIZE] [-b BATCH] "
+					"[-S NSRC | -R]\n");
 			return 2;
 		}
 	}
 	if (count == 0 || count > MAX_COUNT || procs == 0 || procs > MAX_PROCS || batch == 0 ||
 	    batch > MAX_BATCH || size > MAX_SIZE || port == 0 || nports == 0 || port + nports > 65536 ||
-	    rate < 0 || (nuids && uid_base < 0)) {
+	    rate < 0 || (nuids && uid_base < 0) || nsrc > 65536 || (nsrc && random_src)) {
 		fprintf(stderr, "flood: option out of range\n");
 		return 2;
 	}
@@ -251,8 +295,10 @@ int main(int argc, char **argv)
 			if (read(go[0], &c, 1) < 0)
 				_exit(1);
 			/* Paced senders use small batches so the rate is smooth at the scale of a millisecond. */
+			struct sources src = {.n = nsrc, .random = random_src,
+					      .rng = 0x9e3779b97f4a7c15ull * (i + 1), .next = i};
 			send_loop(fd, &d, mine, rate / procs, rate > 0 && batch > 16 ? 16 : batch, size,
-				  &res[i]);
+				  &src, &res[i]);
 			_exit(0);
 		}
 		pids[i] = pid;

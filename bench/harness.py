@@ -13,6 +13,7 @@ fired and the consumer went idle; records seen are compared with the rule's coun
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -37,10 +38,13 @@ VENV_PY = REPO / ".venv" / "bin" / "python"
 VENV_NFLOGD = REPO / ".venv" / "bin" / "nflogd"
 NFLOGD_EXE = VENV_NFLOGD   # --nflogd overrides it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NS_PREFIX = "nflogd-bench-"
 PORT = 9999          # flood destination; group n+1's traffic goes to PORT + n
 GROUP = 5            # first NFLOG group; the second (scenario c) is GROUP + 1
 METRICS_PORT = 10040
+# Scenarios d and e: the labels of issue 11 (addresses, ports) on floods of many sources.
+RICH_LABELS = ("group", "prefix", "saddr", "dport", "proto")
+RICH_CONFIG = f"labels: [{', '.join(RICH_LABELS)}]\n"
+BUDGET_SERIES = 10_000
 FLUSH_S = 1.0        # kernel flush timer of every consumer here (kernel default, nflogd default)
 
 
@@ -57,70 +61,12 @@ def run(cmd: list[str], *, input: str | None = None, timeout: float = 60,
 
 
 # ------------------------------------------------------------------------------------------------
-# Namespaces
+# Namespaces: the tests' helper (tests/netns.py), one implementation for both
 # ------------------------------------------------------------------------------------------------
-class Netns:
-    """A private network namespace with loopback up; deleted (and emptied) on exit."""
+sys.path.insert(0, str(REPO / "tests"))
+from netns import Netns, delete_stale  # noqa: E402
 
-    _n = 0
-    live: set[str] = set()   # for the signal handler's last-ditch cleanup
-
-    def __init__(self) -> None:
-        Netns._n += 1
-        self.name = f"{NS_PREFIX}{os.getpid()}-{Netns._n}"
-        run(["ip", "netns", "add", self.name])
-        Netns.live.add(self.name)
-        run(["ip", "-n", self.name, "link", "set", "lo", "up"])
-
-    def __enter__(self) -> "Netns":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.delete()
-
-    def delete(self) -> None:
-        delete_netns(self.name)
-        Netns.live.discard(self.name)
-
-    def argv(self, cmd: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name] + cmd
-
-    def nft(self, ruleset: str) -> None:
-        run(self.argv(["nft", "-f", "-"]), input=textwrap.dedent(ruleset))
-
-    def counters(self) -> dict[str, int]:
-        """{rule comment: packets} for the bench rules: the ground truth of what was logged."""
-        data = json.loads(run(self.argv(["nft", "-j", "list", "ruleset"])).stdout)
-        out: dict[str, int] = {}
-        for item in data.get("nftables", []):
-            rule = item.get("rule")
-            if not rule or "comment" not in rule:
-                continue
-            for expr in rule.get("expr", []):
-                if "counter" in expr:
-                    out[rule["comment"]] = expr["counter"]["packets"]
-        return out
-
-
-def delete_netns(name: str) -> None:
-    # Kill whatever still runs inside first: a namespace with live processes outlives `delete`.
-    pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    run(["ip", "netns", "delete", name], check=False)
-
-
-def delete_stale_namespaces() -> None:
-    """Namespaces of an earlier harness that was SIGKILLed (its pid is gone)."""
-    for line in run(["ip", "netns", "list"], check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(re.escape(NS_PREFIX) + r"(\d+)-\d+", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            log(f"deleting stale namespace {name}")
-            delete_netns(name)
+NS_TAG = "bench"     # namespaces are nflogd-bench-PID-N
 
 
 def flood_ruleset(groups: list[int], hook: str = "input") -> str:
@@ -571,17 +517,26 @@ class Nflogd(Consumer):
             pass
         return self.ready_s is not None and super().ready(groups)
 
-    def scrape(self, repeats: int = 1) -> dict:
-        p = run(self.ns.argv([str(VENV_PY), str(BENCH / "scrape.py"),
-                              f"http://127.0.0.1:{METRICS_PORT}/metrics", str(repeats)]),
-                timeout=600)
-        return json.loads(p.stdout)
+    def scrape(self, repeats: int = 1, gzip: bool = False, save: Path | None = None) -> dict:
+        argv = [str(VENV_PY), str(BENCH / "scrape.py"), f"http://127.0.0.1:{METRICS_PORT}/metrics",
+                str(repeats), "gzip" if gzip else "plain"] + ([str(save)] if save else [])
+        return json.loads(run(self.ns.argv(argv), timeout=600).stdout)
+
+    def check_config(self) -> str | None:
+        """Why nflogd refuses this consumer's config (e.g. a label it does not know yet), or None."""
+        cfg = self.tmp / "nflogd-check.yaml"
+        cfg.write_text(f"groups:\n  - group: {GROUP}\n" + self.extra_config)
+        p = run([str(self.exe), "--check-config", str(cfg)], check=False)
+        if p.returncode == 0:
+            return None
+        return (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
 
     def collect(self) -> dict:
         s = self.scrape()
         recs = sum(s["packets"].get(str(g), 0) for g in self.groups)
         return {"records": int(recs), "lost_by_seq": int(sum(s["lost"].values())),
-                "ready_s": self.ready_s, "rss": rss_bytes(self.proc.pid).get("VmRSS")}
+                "ready_s": self.ready_s, "rss": rss_bytes(self.proc.pid).get("VmRSS"),
+                "series_metrics": s.get("series_metrics")}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -613,7 +568,7 @@ def parse_flood(out: str) -> dict:
 
 def measure(consumer: Consumer, groups: list[int], flood_args: list[str], expect: int,
             perf: bool = False) -> dict:
-    with Netns() as ns:
+    with Netns(NS_TAG) as ns:
         ns.nft(flood_ruleset(groups))
         try:
             consumer.start(ns, groups)
@@ -639,7 +594,7 @@ def measure(consumer: Consumer, groups: list[int], flood_args: list[str], expect
             if perf_proc:
                 perf_proc.send_signal(signal.SIGINT)
                 perf_out = perf_proc.communicate(timeout=10)[1]
-            logged = sum(ns.counters().get(f"g{g}", 0) for g in groups)
+            logged = sum(ns.counters().get(f"g{g}", (0, 0))[0] for g in groups)
             res = consumer.collect()
         finally:
             consumer.stop()
@@ -677,6 +632,21 @@ def scenario_defs(smoke: bool, records: int | None) -> dict:
                "groups": [GROUP, GROUP + 1],
                "flood": ["-n", str(n_a), "-r", "200000", "-P", "2", "-N", "2"], "expect": n_a,
                "multi": True},
+        # The address labels: every source a series (d), or nearly every record a new key that
+        # must displace another in a full budget (e). nflogd with these labels against the floor.
+        "d": {"title": f"{n_a:,} records paced at 100k/s from 1,000 sources, labels "
+                       f"[{', '.join(RICH_LABELS)}]", "groups": [GROUP],
+              "flood": ["-n", str(n_a), "-r", "100000", "-P", "1", "-S", "1000"], "expect": n_a,
+              "consumers": ("floor", "nflogd"), "nflogd_config": RICH_CONFIG},
+        "e": {"title": f"{n_a:,} records paced at 100k/s from random sources (4M addresses), "
+                       f"labels [{', '.join(RICH_LABELS)}], max_series {BUDGET_SERIES:,} full "
+                       "and displacing", "groups": [GROUP],
+              "flood": ["-n", str(n_a), "-r", "100000", "-P", "1", "-R"], "expect": n_a,
+              "consumers": ("floor", "nflogd"),
+              "nflogd_config": RICH_CONFIG + f"max_series: {BUDGET_SERIES}\n"},
+        "f": {"title": f"{n_b:,} records, 4 unpaced senders", "groups": [GROUP],
+              "flood": ["-n", str(n_b), "-P", "4"], "expect": n_b,
+              "consumers": ("floor", "nflogd")},
     }
 
 
@@ -702,6 +672,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             "sender_rate": med([r["sender_rate"] for r in ok]),
             "records_per_datagram": med([r.get("records_per_datagram") for r in ok]),
             "ready_s": med([r.get("ready_s") for r in ok]),
+            "series_metrics": ok[-1].get("series_metrics") if ok else None,
         }
     return summary
 
@@ -720,12 +691,24 @@ def run_flood_scenarios(args, tmp: Path, consumers: list[Consumer], results: dic
             cs = [FloorMulti(tmp) if c.name == "floor" else c for c in cs]
         else:
             cs = [c for c in consumers if not isinstance(c, FloorMulti)]
+        if "consumers" in sd:
+            cs = [c for c in cs if c.name in sd["consumers"]]
+        if "nflogd_config" in sd:
+            cs = [Nflogd(tmp, extra_config=sd["nflogd_config"]) if c.name == "nflogd" else c
+                  for c in cs]
+        # A config this nflogd refuses (a label it does not know yet) fails its runs, saying why.
+        refused = {c.name: f"nflogd refuses the scenario's config: {why}" for c in cs
+                   if isinstance(c, Nflogd) and (why := c.check_config())}
         log(f"scenario {key}: {sd['title']}; consumers {[c.name for c in cs]}")
         runs: dict[str, list[dict]] = {c.name: [] for c in cs}
         # Registered before the first measurement, so an interrupted run still reports its rounds.
         results["scenarios"][key] = {"title": sd["title"], "runs": runs}
         for rnd in range(args.rounds):
             for c in cs:      # interleaved: A B C ... A B C ..., so drift hits all alike
+                if c.name in refused:
+                    log(f"  round {rnd + 1} {c.name}: FAILED: {refused[c.name]}")
+                    runs[c.name].append({"error": refused[c.name]})
+                    continue
                 try:
                     r = measure(c, sd["groups"], sd["flood"], sd["expect"], perf=args.perf)
                 except RuntimeError as e:
@@ -754,7 +737,7 @@ def run_series(args, tmp: Path, results: dict) -> None:
     out = {}
     for n in sizes:
         c = Nflogd(tmp, extra_config=f"max_series: {n + 1000}\n")
-        with Netns() as ns:
+        with Netns(NS_TAG) as ns:
             ns.nft(flood_ruleset([GROUP], hook="output"))
             try:
                 c.start(ns, [GROUP])
@@ -769,25 +752,37 @@ def run_series(args, tmp: Path, results: dict) -> None:
                 # Bounded wait until every series shows (snapshots may lag the records).
                 seen = None
                 for _ in range(30):
-                    seen = c.scrape(1)
+                    seen = c.scrape(1, gzip=True)  # as Prometheus: the peak below is its own
                     if (seen.get("series") or 0) >= n:
                         break
                     time.sleep(0.5)
                 repeats = 5 if args.smoke else (7 if n >= 100_000 else 21)
-                s = c.scrape(repeats)
+                # As Prometheus scrapes (gzip) first: the peak RSS a deployment sees; then plain
+                # text, whose body is ~28x larger in flight, and its own peak.
+                z = c.scrape(repeats, gzip=True)
+                rss_z = rss_bytes(c.proc.pid)
+                body = tmp / "scrape-body.txt"
+                s = c.scrape(repeats, save=body)
                 rss1 = rss_bytes(c.proc.pid)
                 out[str(n)] = {
                     "series": s.get("series"), "records": sum(s["packets"].values()),
-                    "logged": ns.counters().get(f"g{GROUP}", 0),
+                    "logged": ns.counters().get(f"g{GROUP}", (0, 0))[0],
                     "scrape_ms_median": 1000 * statistics.median(s["times"]),
                     "scrape_ms_min": 1000 * min(s["times"]),
                     "scrape_bytes": statistics.median(s["sizes"]), "repeats": repeats,
+                    "gzip_scrape_ms_median": 1000 * statistics.median(z["times"]),
+                    "gzip_scrape_bytes": statistics.median(z["sizes"]),
+                    "gzip_encoding": z.get("encoding"),
+                    "gzip_levels": gzip_levels(body.read_bytes()),
                     "rss_before_mb": rss0.get("VmRSS", 0) / 2**20,
                     "rss_records_mb": rss_rec.get("VmRSS", 0) / 2**20,
+                    "rss_gzip_mb": rss_z.get("VmRSS", 0) / 2**20,
+                    "hwm_gzip_mb": rss_z.get("VmHWM", 0) / 2**20,
                     "rss_after_mb": rss1.get("VmRSS", 0) / 2**20,
                     "hwm_mb": rss1.get("VmHWM", 0) / 2**20,
                     "ready_s": c.ready_s, "sweep": fl.stdout.strip(),
                 }
+                body.unlink()
                 log(f"series {n}: {json.dumps(out[str(n)])}")
             except RuntimeError as e:
                 out[str(n)] = {"error": str(e)}
@@ -795,6 +790,20 @@ def run_series(args, tmp: Path, results: dict) -> None:
             finally:
                 c.stop()
     results["series"] = out
+
+
+def gzip_levels(body: bytes) -> dict[str, dict[str, float]]:
+    """What each gzip level costs and saves on a real scrape body (best of 3, this process): the
+    figures behind the server's choice of level."""
+    out = {}
+    for level in (1, 6, 9):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            size = len(gzip.compress(body, compresslevel=level, mtime=0))
+            best = min(best, time.perf_counter() - t0)
+        out[str(level)] = {"ms": 1000 * best, "bytes": size}
+    return out
 
 
 def run_ready(args, tmp: Path, results: dict) -> None:
@@ -805,7 +814,7 @@ def run_ready(args, tmp: Path, results: dict) -> None:
         results["ready"] = {"not_available": why}
         return
     times = []
-    with Netns() as ns:
+    with Netns(NS_TAG) as ns:
         t0 = time.monotonic()
         run(ns.argv(["true"]))
         netns_exec_s = time.monotonic() - t0
@@ -906,17 +915,27 @@ def render(results: dict) -> str:
         if "not_available" in ser:
             lines.append(f"not available: {ser['not_available']}")
         else:
-            lines += ["| series | scrape ms (median) | scrape bytes | RSS MB idle / aggregated / "
-                      "after scrapes | peak RSS MB |",
-                      "|---:|---:|---:|---:|---:|"]
+            lines += ["| series | scrape ms (median) | scrape bytes | gzip scrape ms | gzip bytes | "
+                      "RSS MB idle / aggregated / after gzip scrapes | peak RSS MB (gzip scrapes) | "
+                      "after plain scrapes: RSS / peak MB |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for n, s in ser.items():
                 if "error" in s:
-                    lines.append(f"| {n} | failed: {s['error']} ||||")
+                    lines.append(f"| {n} | failed: {s['error']} |||||||")
                 else:
                     lines.append(f"| {int(s['series'] or n):,} | {fmt(s['scrape_ms_median'], 1)} | "
-                                 f"{s['scrape_bytes']:,.0f} | {fmt(s['rss_before_mb'], 1)} / "
-                                 f"{fmt(s['rss_records_mb'], 1)} / {fmt(s['rss_after_mb'], 1)} | "
+                                 f"{s['scrape_bytes']:,.0f} | {fmt(s['gzip_scrape_ms_median'], 1)} | "
+                                 f"{s['gzip_scrape_bytes']:,.0f} | {fmt(s['rss_before_mb'], 1)} / "
+                                 f"{fmt(s['rss_records_mb'], 1)} / {fmt(s['rss_gzip_mb'], 1)} | "
+                                 f"{fmt(s['hwm_gzip_mb'], 1)} | {fmt(s['rss_after_mb'], 1)} / "
                                  f"{fmt(s['hwm_mb'], 1)} |")
+            big = max((s for s in ser.values() if "gzip_levels" in s),
+                      key=lambda s: s["scrape_bytes"], default=None)
+            if big:
+                lines += ["", f"gzip of the {int(big['series'] or 0):,}-series body "
+                          f"({big['scrape_bytes']:,.0f} bytes) by level: " + ", ".join(
+                              f"{lv}: {v['ms']:.1f} ms, {v['bytes']:,} bytes"
+                              for lv, v in big["gzip_levels"].items())]
         lines.append("")
     rd = results.get("ready")
     if rd:
@@ -926,7 +945,53 @@ def render(results: dict) -> str:
             lines.append(f"Start to READY=1 (median of {len(rd['ready_s'])}): "
                          f"{fmt(rd['median_s'], 3)} s (includes `ip netns exec`, itself "
                          f"{rd['netns_exec_s'] * 1000:.0f} ms)")
+    lines += ["", "## Targets (issue 15)", "", "| target | measured | met |", "|---|---:|---|"]
+    for what, value, limit in targets(results):
+        met = "-" if value is None else ("yes" if value <= limit else "**no**")
+        lines.append(f"| {what} <= {limit:g} | {fmt(value, 3)} | {met} |")
+    load = results.get("load")
+    if load:
+        lines += ["", f"Load average (1 min) at start {load['start'][0]:.2f}, at end "
+                      f"{load['end'][0]:.2f} on {m['nproc']} CPUs."]
     return "\n".join(lines) + "\n"
+
+
+def targets(results: dict) -> list[tuple[str, float | None, float]]:
+    """(what, measured, limit) for every figure issue 15 asks of one run; None: not measured."""
+    sc = results["scenarios"]
+
+    def cpu(key: str, name: str) -> float | None:
+        return sc.get(key, {}).get("summary", {}).get(name, {}).get("cpu_us_per_record")
+
+    def ratio(key: str, name: str = "nflogd", ref: str = "floor") -> float | None:
+        a, b = cpu(key, name), cpu(key, ref)
+        return a / b if a and b else None
+
+    def loss(key: str) -> float | None:
+        return sc.get(key, {}).get("summary", {}).get("nflogd", {}).get("loss_pct_max")
+
+    ser = results.get("series") or {}
+
+    def series(n: str, field: str) -> float | None:
+        return ser.get(n, {}).get(field)
+
+    c1, c2 = cpu("c1", "nflogd"), cpu("c2", "nflogd")
+    ready = (results.get("ready") or {}).get("median_s")
+    return [
+        ("(a) nflogd/floor CPU per record, 100k/s", ratio("a"), 2.5),
+        ("(b) nflogd/floor CPU per record, 2 unpaced senders", ratio("b"), 2.5),
+        ("(d) nflogd/floor, address labels, 1,000 sources", ratio("d"), 3.3),
+        ("(e) nflogd/floor, address labels, random sources, budget full", ratio("e"), 4.0),
+        ("(e) loss % at 100k/s, budget full", loss("e"), 0),
+        ("(a) loss % at 100k/s", loss("a"), 0),
+        ("(f) loss % with 4 unpaced senders", loss("f"), 0),
+        ("(c) two groups / one group CPU per record", c2 / c1 if c1 and c2 else None, 1.0),
+        ("scrape ms, 10k series", series("10000", "scrape_ms_median"), 8),
+        ("scrape ms, 100k series", series("100000", "scrape_ms_median"), 80),
+        ("peak RSS MB, 10k series", series("10000", "hwm_gzip_mb"), 45),
+        ("peak RSS MB, 100k series", series("100000", "hwm_gzip_mb"), 100),
+        ("start to READY s", ready, 0.3),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -936,8 +1001,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     ap.add_argument("--records", type=int, default=None,
                     help="records per flood in scenario a (b sends twice as many)")
-    ap.add_argument("--scenarios", default="a,b,c,series,ready",
-                    help="comma list of a,b,c,series,ready")
+    ap.add_argument("--scenarios", default="a,b,c,d,e,f,series,ready",
+                    help="comma list of a,b,c,d,e,f,series,ready")
     ap.add_argument("--consumers",
                     default="floor,floor-default-batch,tcpdump,ulogd2,uacctd,python-loop,nflogd",
                     help="comma list (floor-default-batch: floor with the kernel's default "
@@ -959,13 +1024,15 @@ def main() -> int:
         global NFLOGD_EXE
         NFLOGD_EXE = Path(args.nflogd).resolve()
     OUT.mkdir(parents=True, exist_ok=True)
-    delete_stale_namespaces()
+    for name in delete_stale(NS_TAG):
+        log(f"deleted stale namespace {name}")
     # Consumer output files go to tmpfs so disk speed never limits ulogd2 or uacctd.
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="nflogd-bench-", dir=shm))
     results: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
                      "rounds": args.rounds, "smoke": args.smoke, "argv": sys.argv[1:],
-                     "scenarios": {}, "not_available": {}}
+                     "scenarios": {}, "not_available": {},
+                     "load": {"start": os.getloadavg()}}
 
     factories = {"floor": lambda: Floor(tmp), "floor-default-batch": lambda: Floor(tmp, True),
                  "tcpdump": lambda: Tcpdump(tmp), "ulogd2": lambda: Ulogd(tmp),
@@ -990,7 +1057,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_term)
     code = 0
     try:
-        if any(s in args.scenarios for s in ("a", "b", "c")):
+        if any(s in args.scenarios for s in ("a", "b", "c", "d", "e", "f")):
             run_flood_scenarios(args, tmp, consumers, results)
         if "series" in args.scenarios:
             run_series(args, tmp, results)
@@ -1004,11 +1071,10 @@ def main() -> int:
         code = 130
     finally:
         for c in consumers:
-            c.stop()
-        for name in list(Netns.live):
-            delete_netns(name)
+            c.stop()   # each namespace is deleted by its `with` block, also on Ctrl-C/SIGTERM
         shutil.rmtree(tmp, ignore_errors=True)
 
+    results["load"]["end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     md = render(results)
     for name in (f"bench-{stamp}", "latest"):

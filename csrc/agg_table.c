@@ -235,6 +235,29 @@ static void key_build(const struct agg_table *t, const struct nfd_record *r, str
 	}
 }
 
+/* The attributes key_build reads for these fields, plus what every fold needs: the payload (bytes
+ * and the L3/L4 fields come from its IP header, which needs PACKET_HDR's protocol) and SEQ (loss).
+ * A field added to key_build adds its attribute here. */
+uint32_t agg_wanted_attrs(uint32_t fields)
+{
+	static const uint32_t attr_of[F_NFIELDS] = {
+		[F_PREFIX] = 1u << NFULA_PREFIX,
+		[F_INDEV] = 1u << NFULA_IFINDEX_INDEV,
+		[F_OUTDEV] = 1u << NFULA_IFINDEX_OUTDEV,
+		[F_PHYSINDEV] = 1u << NFULA_IFINDEX_PHYSINDEV,
+		[F_PHYSOUTDEV] = 1u << NFULA_IFINDEX_PHYSOUTDEV,
+		[F_UID] = 1u << NFULA_UID,
+		[F_GID] = 1u << NFULA_GID,
+		[F_MARK] = 1u << NFULA_MARK,
+		[F_CT_STATE] = 1u << NFULA_CT_INFO,
+	};
+	uint32_t want = (1u << NFULA_PAYLOAD) | (1u << NFULA_PACKET_HDR) | (1u << NFULA_SEQ);
+	for (int i = 0; i < F_NFIELDS; i++)
+		if (fields & (1u << i))
+			want |= attr_of[i];
+	return want;
+}
+
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget)
 {
 	memset(t, 0, sizeof(*t));
@@ -302,7 +325,7 @@ static void drop_entries(struct agg_table *t)
 {
 	release_keys(t, t->nentries);
 	memset(t->slots, 0, t->nslots * sizeof(*t->slots));
-	t->nentries = 0;
+	t->nentries = t->hot = 0;
 	t->nvictims = 0;
 }
 
@@ -416,11 +439,14 @@ static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t
 	struct agg_entry *e = &t->entries[t->nentries];
 	key_copy(t, &e->key, key);
 	e->hash = h;
+	e->serial = ++t->last_serial;  /* a new key in this entry: readers' caches must not match */
 	e->packets = 1;
 	e->bytes = rec->ip_len;
 	e->recent = recent;
 	e->last_seen = e->admitted = t->now;
 	t->slots[j] = (uint32_t)++t->nentries;
+	t->hot = t->nentries;
+	t->hot_serial = e->serial;
 	t->churn.admitted++;
 	return 0;
 }
@@ -568,6 +594,16 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 	t->records++;
 	key_build(t, rec, &key);
 	/* key.prefix holds prefix_len bytes of rec->prefix (none unless prefix is a field) */
+	if (t->hot && t->hot <= t->nentries) {
+		struct agg_entry *e = &t->entries[t->hot - 1];
+		if (e->serial == t->hot_serial && key_equal(t, &e->key, &key, rec->prefix)) {
+			e->packets++;
+			e->bytes += rec->ip_len;
+			e->recent++;
+			e->last_seen = t->now;
+			return;
+		}
+	}
 	h = key_hash(t, &key, rec->prefix);
 	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
 		struct agg_entry *e = &t->entries[t->slots[j] - 1];
@@ -576,6 +612,8 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 			e->bytes += rec->ip_len;
 			e->recent++;
 			e->last_seen = t->now;
+			t->hot = t->slots[j];
+			t->hot_serial = e->serial;
 			return;
 		}
 	}

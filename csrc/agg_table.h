@@ -71,6 +71,11 @@ struct agg_key {
 struct agg_entry {
 	uint64_t hash;
 	uint64_t packets, bytes;
+	/* Names this entry for its whole life, wherever it moves in `entries`, and is never reused
+	 * by this table (from 1): readers cache per entry by it (exposition.c's label strings, the
+	 * hot entry below). Whatever puts a new key into an entry (insert, displacement) gives it a
+	 * new serial: ++last_serial. */
+	uint64_t serial;
 	uint32_t recent;    /* records in the decaying window (halved every decay period) */
 	uint32_t last_seen; /* agg_table.now at its last record */
 	uint32_t admitted;  /* agg_table.now when it got its entry */
@@ -150,7 +155,12 @@ struct agg_table {
 	size_t nslots;              /* power of two */
 	struct agg_entry *entries;  /* dense, in insertion order */
 	size_t nentries, capacity;
-	uint64_t overflow_packets, overflow_bytes, records;  /* overflow_*: the remainder series */
+	uint64_t overflow_packets, overflow_bytes, records;
+	uint64_t last_serial;       /* of the newest entry; agg_clear keeps counting */
+	/* The entry the previous record went to (index + 1, and its serial in case entries moved):
+	 * floods are runs of one key, so it is tried before hashing. */
+	size_t hot;
+	uint64_t hot_serial;
 	struct agg_policy policy;
 	uint32_t now;               /* coarse clock, seconds since clock_base (agg_clock, agg_tick) */
 	time_t clock_base;          /* CLOCK_MONOTONIC_COARSE second that is the table's second 0 */
@@ -169,6 +179,9 @@ struct agg_table {
 /* Policy all zero: no expiry, no displacement (set t->policy after init). */
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
 void agg_destroy(struct agg_table *t);
+/* The NFULA_* attributes (bit 1 << NFULA_x) a record needs for a table of these fields, for
+ * nfd_record_parse_some. */
+uint32_t agg_wanted_attrs(uint32_t fields);
 /* Count one record; the caller holds t->lock. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec);
 /* Drop all keys (returning them to the budget) and zero every counter. */

@@ -421,20 +421,45 @@ static PyObject *key_value(const AggregatorObject *self, const struct agg_key *k
 	}
 }
 
-static PyObject *row(AggregatorObject *self, const int *order, int nfields,
-		     const struct agg_entry *e)
+/* A key as a tuple of its values in this field order: what snapshot() and Counts.rows() list
+ * and CounterRenderer's label callable is given. */
+PyObject *aggregator_key_tuple(PyObject *agg, const int *order, int nfields,
+			       const struct agg_entry *e)
 {
 	PyObject *key = PyTuple_New(nfields);
 	if (!key)
 		return NULL;
 	for (int i = 0; i < nfields; i++) {
-		PyObject *v = key_value(self, &e->key, order[i]);
+		PyObject *v = key_value((AggregatorObject *)agg, &e->key, order[i]);
 		if (!v) {
 			Py_DECREF(key);
 			return NULL;
 		}
 		PyTuple_SET_ITEM(key, i, v);
 	}
+	return key;
+}
+
+
+void aggregator_order(PyObject *agg, int order[F_NFIELDS], int *nfields)
+{
+	AggregatorObject *a = (AggregatorObject *)agg;
+	memcpy(order, a->order, sizeof(a->order));
+	*nfields = a->nfields;
+}
+
+int aggregator_check_ready(PyObject *agg)
+{
+	return check_ready((AggregatorObject *)agg);
+}
+
+/* (key, packets, bytes) with the key in the given field order (copied with the entries). */
+static PyObject *row(AggregatorObject *self, const int *order, int nfields,
+		     const struct agg_entry *e)
+{
+	PyObject *key = aggregator_key_tuple((PyObject *)self, order, nfields, e);
+	if (!key)
+		return NULL;
 	return Py_BuildValue("(NKK)", key, (unsigned long long)e->packets,
 			     (unsigned long long)e->bytes);
 }
@@ -750,6 +775,19 @@ static PyObject *get_budget(AggregatorObject *self, void *c)
 	return b;
 }
 
+PyDoc_STRVAR(counts_doc,
+"counts($self, /)\n--\n\n"
+"The counters now as a frozen Counts (one copy under the lock, no Python object per key): what\n"
+"CounterRenderer renders, and rows() gives snapshot()'s list when Python wants the rows.");
+
+static PyObject *aggregator_counts(AggregatorObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (check_ready(self) < 0)
+		return NULL;
+	return counts_of((PyObject *)self);
+}
+
 static PyObject *get_address_mask(AggregatorObject *self, void *c)
 {
 	(void)c;
@@ -767,6 +805,7 @@ static PyObject *get_networks(AggregatorObject *self, void *c)
 
 static PyMethodDef aggregator_methods[] = {
 	{"snapshot", (PyCFunction)aggregator_snapshot, METH_NOARGS, snapshot_doc},
+	{"counts", (PyCFunction)aggregator_counts, METH_NOARGS, counts_doc},
 	{"clear", (PyCFunction)aggregator_clear, METH_NOARGS, clear_doc},
 	{"read", (PyCFunction)aggregator_read, METH_NOARGS, read_doc},
 	{"tick", (PyCFunction)(void (*)(void))aggregator_tick, METH_VARARGS | METH_KEYWORDS, tick_doc},

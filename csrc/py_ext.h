@@ -11,7 +11,8 @@
 
 extern PyObject *NflogError, *NflogDroppedError, *NflogClosedError, *NflogRetryError,
 	*NflogPermissionError;
-extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType;
+extern PyTypeObject NflogType, NflogDataType, AggregatorType, SeriesBudgetType, CountsType,
+	CounterRendererType;
 
 /* Raise the exception that fits a negative errno, with a message; returns NULL for `return set_error(...)`. */
 PyObject *set_error(int negerr, const char *fmt, ...);
@@ -34,6 +35,15 @@ PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr);
 
 /* The aggregator's table, for Nflog.aggregate (which folds into it with the GIL released). */
 struct agg_table *aggregator_table(PyObject *agg);
+/* An entry's key as a tuple of its values in this field order (as snapshot() has it). */
+PyObject *aggregator_key_tuple(PyObject *agg, const int *order, int nfields,
+			       const struct agg_entry *e);
+/* The aggregator's field order; read with its table's lock held, as a frozen copy must. */
+void aggregator_order(PyObject *agg, int order[F_NFIELDS], int *nfields);
+/* 0, or -1 with RuntimeError when Aggregator.__init__ was not called. */
+int aggregator_check_ready(PyObject *agg);
+/* Aggregator.counts(): a frozen Counts of agg (py_exposition.c). */
+PyObject *counts_of(PyObject *agg);
 
 #define SELF_FREE(o) Py_TYPE(o)->tp_free((PyObject *)(o))
 

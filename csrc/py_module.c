@@ -104,7 +104,9 @@ PyMODINIT_FUNC PyInit__nflog(void)
 	    add_permission_error(m) < 0 ||
 	    add_type(m, &NflogType, "Nflog") < 0 || add_type(m, &NflogDataType, "NflogData") < 0 ||
 	    add_type(m, &AggregatorType, "Aggregator") < 0 ||
-	    add_type(m, &SeriesBudgetType, "SeriesBudget") < 0)
+	    add_type(m, &SeriesBudgetType, "SeriesBudget") < 0 ||
+	    add_type(m, &CountsType, "Counts") < 0 ||
+	    add_type(m, &CounterRendererType, "CounterRenderer") < 0)
 		goto fail;
 
 	if (PyModule_AddIntConstant(m, "ENOBUFS_RAISE", ENOBUFS_RAISE) < 0 ||

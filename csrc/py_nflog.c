@@ -476,6 +476,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
 	wait_data(self, timeout_ms, &st);
+	self->sock.layout.want = agg_wanted_attrs(t->fields);  /* parse only what the key needs */
 	for (int i = 0; st.wait > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
 		if ((st.len = recv_data(self)) <= 0)
 			break;
@@ -484,6 +485,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		folded += nfd_sock_dispatch(&self->sock, (size_t)st.len, fold_record, t);
 		pthread_mutex_unlock(&t->lock);
 	}
+	self->sock.layout.want = 0;
 	take_refusal(self, &st);
 	pthread_mutex_unlock(&self->io_lock);
 	Py_END_ALLOW_THREADS

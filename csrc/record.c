@@ -5,6 +5,7 @@
 #include "record.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include <arpa/inet.h>
@@ -122,6 +123,26 @@ static void parse_ip(struct nfd_record *rec)
 	}
 }
 
+/* Does this message have the layout l learnt: the same length and the same attribute headers
+ * (length and type words) at the same offsets? Then walking it visits exactly the attributes the
+ * learnt message had, so every length check that passed there passes here. */
+static bool layout_matches(const struct nfd_layout *l, const uint8_t *base, size_t msglen,
+			   uint32_t want)
+{
+	if (l->msglen != msglen || l->learnt_want != want || !l->msglen)
+		return false;
+	for (unsigned i = 0; i < l->nattrs; i++) {
+		uint32_t h;
+		memcpy(&h, base + l->off[i], 4);
+		if (h != l->hdr[i])
+			return false;
+	}
+	return true;
+}
+
+static int parse(const struct nlmsghdr *nlh, struct nfd_record *rec, uint32_t want,
+		 struct nfd_layout *l);
+
 enum nfd_ct_state nfd_record_ct_state(const struct nfd_record *rec)
 {
 	if (!REC_HAS(rec, NFULA_CT_INFO))
@@ -136,9 +157,22 @@ enum nfd_ct_state nfd_record_ct_state(const struct nfd_record *rec)
 
 int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 {
+	return parse(nlh, rec, NFD_ATTRS_ALL, NULL);
+}
+
+int nfd_record_parse_some(const struct nlmsghdr *nlh, struct nfd_record *rec,
+			  struct nfd_layout *l)
+{
+	return parse(nlh, rec, l->want, l);
+}
+
+static int parse(const struct nlmsghdr *nlh, struct nfd_record *rec, uint32_t want,
+		 struct nfd_layout *l)
+{
 	const size_t hdrlen = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
 	const uint8_t *base = (const uint8_t *)nlh;
 	size_t msglen = nlh->nlmsg_len, off;
+	uint32_t present = 0;  /* in a register: rec's stores may alias the message for the compiler */
 
 	memset(rec, 0, sizeof(*rec));
 
@@ -148,16 +182,52 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 	rec->family = nfg->nfgen_family;
 	rec->group = ntohs(nfg->res_id);
 
-	for (off = hdrlen; off + NLA_HDRLEN <= msglen;) {
-		const struct nlattr *nla = (const struct nlattr *)(base + off);
-		const uint8_t *v = base + off + NLA_HDRLEN;
-		uint16_t alen = nla->nla_len, type = nla->nla_type & NLA_TYPE_MASK;
-		if (alen < NLA_HDRLEN || alen > msglen - off)
-			return -EBADMSG;
-		size_t vlen = alen - NLA_HDRLEN;
-		off += NLA_ALIGN(alen);
-		if (type > 31)
-			continue;  /* newer kernels may add attributes: skip what we do not know */
+	/* Floods log by one rule: message after message has the same layout. Then only the wanted
+	 * attributes are visited, at their known offsets; otherwise the walk checks every length and
+	 * learns the layout for the next message. */
+	bool known = l && layout_matches(l, base, msglen, want);
+	bool learn = l && !known;
+	unsigned k = 0, nattrs = 0, nwanted = 0;
+	if (learn)
+		l->msglen = 0;  /* what is written below matches nothing until the walk succeeds */
+	for (off = hdrlen;;) {
+		const struct nlattr *nla;
+		const uint8_t *v;
+		uint16_t alen, type;
+		uint32_t bit;
+		size_t vlen;
+		if (known) {
+			if (k == l->nwanted)
+				break;
+			nla = (const struct nlattr *)(base + l->wanted[k++]);
+			alen = nla->nla_len;
+			type = nla->nla_type & NLA_TYPE_MASK;
+			v = (const uint8_t *)nla + NLA_HDRLEN;
+			vlen = alen - NLA_HDRLEN;
+			bit = 1u << type;
+		} else {
+			if (off + NLA_HDRLEN > msglen)
+				break;
+			nla = (const struct nlattr *)(base + off);
+			v = base + off + NLA_HDRLEN;
+			alen = nla->nla_len;
+			type = nla->nla_type & NLA_TYPE_MASK;
+			if (alen < NLA_HDRLEN || alen > msglen - off)
+				return -EBADMSG;
+			vlen = alen - NLA_HDRLEN;
+			if (learn && nattrs < NFD_LAYOUT_MAX) {
+				l->off[nattrs] = (uint16_t)off;
+				memcpy(&l->hdr[nattrs], nla, 4);
+			}
+			nattrs++;
+			off += NLA_ALIGN(alen);
+			bit = type < 32 ? 1u << type : 0;
+			if (!(want & bit))
+				continue;  /* not wanted, or newer than us: its length was checked, that is all */
+			if (learn && nwanted < NFD_LAYOUT_MAX)
+				l->wanted[nwanted] = (uint16_t)((const uint8_t *)nla - base);
+			nwanted++;
+		}
 
 		switch (type) {
 		case NFULA_PACKET_HDR:
@@ -234,7 +304,16 @@ int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec)
 		default:
 			break;
 		}
-		rec->present |= 1u << type;
+		present |= bit;
+	}
+	rec->present = present;
+	if (learn) {
+		/* Only a message that parsed whole, with few enough attributes, is a layout to reuse. */
+		bool fits = nattrs <= NFD_LAYOUT_MAX && msglen <= UINT16_MAX;
+		l->msglen = fits ? (uint32_t)msglen : 0;
+		l->nattrs = (uint8_t)nattrs;
+		l->nwanted = (uint8_t)nwanted;
+		l->learnt_want = want;
 	}
 	/* The hardware header length is bounded by what was actually sent. */
 	if (REC_HAS(rec, NFULA_HWLEN) && rec->hwhdr && rec->hwlen < rec->hwhdr_len)

@@ -135,6 +135,28 @@ static inline bool nfd_record_tcp_flags(const struct nfd_record *rec, uint8_t *f
 /* Parse one NFULNL_MSG_PACKET message. Returns 0, or -EBADMSG when a length is inconsistent. */
 int nfd_record_parse(const struct nlmsghdr *nlh, struct nfd_record *rec);
 
+/* What nfd_record_parse_some reads, and the attribute layout it learnt from the last message.
+ * Consecutive messages of a flood carry the same attributes at the same offsets; a message whose
+ * length and attribute headers all equal the learnt ones passed every length check already, so
+ * only its wanted attributes are visited. */
+#define NFD_ATTRS_ALL 0xffffffffu
+#define NFD_LAYOUT_MAX 24
+struct nfd_layout {
+	uint32_t want;                  /* set by the caller: bit 1 << NFULA_x per attribute to read */
+	uint32_t learnt_want;
+	uint32_t msglen;                /* of the learnt message; 0: nothing learnt */
+	uint8_t nattrs, nwanted;
+	uint16_t off[NFD_LAYOUT_MAX];   /* each attribute's offset in the message */
+	uint32_t hdr[NFD_LAYOUT_MAX];   /* and its header word (length, type) */
+	uint16_t wanted[NFD_LAYOUT_MAX]; /* offsets of the wanted ones */
+};
+
+/* The same as nfd_record_parse, reading only the attributes in l->want (the lengths of all are
+ * checked): the rest stay absent from rec. The aggregation path asks only for what its key fields
+ * need (agg_wanted_attrs), because parsing is most of its cost per record. */
+int nfd_record_parse_some(const struct nlmsghdr *nlh, struct nfd_record *rec,
+			  struct nfd_layout *l);
+
 /* Is nlh an NFLOG packet message (type NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET)? */
 bool nfd_is_packet_msg(const struct nlmsghdr *nlh);
 

@@ -238,7 +238,8 @@ size_t nfd_sock_dispatch(struct nfd_sock *s, size_t len, nfd_visit_fn fn, void *
 		}
 		if (!nfd_is_packet_msg(nlh))
 			continue;  /* NLMSG_DONE ends a batch */
-		if (nfd_record_parse(nlh, &rec) < 0) {
+		if ((s->layout.want ? nfd_record_parse_some(nlh, &rec, &s->layout)
+				    : nfd_record_parse(nlh, &rec)) < 0) {
 			s->decode_errors++;
 			continue;
 		}

@@ -38,6 +38,7 @@ struct nfd_sock {
 	size_t pending;        /* a datagram that arrived before the bind's ack, still in buf */
 	bool seq;
 	uint32_t next_seq;
+	struct nfd_layout layout; /* layout.want: what dispatch parses (0: all, no layout) */
 	/* Counters, only touched by the thread holding the handle's I/O lock. */
 	uint64_t received, lost, truncated, decode_errors, enobufs, datagrams;
 	double last_message_time;

@@ -242,15 +242,17 @@ class Aggregator:
         """The budget policy: {'ttl', 'min_residency', 'admit_rate', 'decay'} in seconds
         (admit_rate: displacements per second)."""
     def snapshot(self) -> list[tuple[tuple[_KeyValue, ...], int, int]]:
-        """Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the
-        order given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as
-        interface indexes (None when absent; names belong to the handle's network namespace);
-        uid, gid and proto None when the record had none; mark 0 when unmarked; group, family,
-        hook and hwproto ints; saddr/daddr as str ('203.0.113.7', '2001:db8::/48' when
-        address_mask cut it); sport/dport and tcp_flags ints; icmp_type (proto, type) with proto
-        1 (ICMP) or 58 (ICMPv6); src_net/dst_net the network's name; ct_state 'new',
-        'established' or 'related'; each None when the packet has none. Counters only grow, until
-        clear()."""
+        """Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order
+        given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface
+        indexes (None when absent; names belong to the handle's network namespace); uid, gid and proto
+        None when the record had none; mark 0 when unmarked; group, family, hook and hwproto ints;
+        saddr/daddr as str ('203.0.113.7', '2001:db8::/48' when address_mask cut it); sport/dport and
+        tcp_flags ints; icmp_type (proto, type) with proto 1 (ICMP) or 58 (ICMPv6); src_net/dst_net the
+        network's name; ct_state 'new', 'established' or 'related'; each None when the packet has none.
+        Counters only grow, until clear()."""
+    def counts(self) -> Counts:
+        """The counters now as a frozen Counts (one copy under the lock, no Python object per key): what
+        CounterRenderer renders, and rows() gives snapshot()'s list when Python wants the rows."""
     def clear(self) -> None:
         """Forget every key and counter (returning the keys to the budget)."""
     @property
@@ -278,6 +280,54 @@ class Aggregator:
     @property
     def networks(self) -> tuple[tuple[str, str], ...]:
         """The named networks src_net/dst_net match, as (name, cidr) pairs."""
+
+
+@final
+class Counts:
+    """An Aggregator's counters frozen at one instant (also Aggregator.counts()): len() keys, fields,
+    overflow, sum, rows(). CounterRenderer renders it without a Python object per key."""
+
+    def __init__(self, aggregator: Aggregator) -> None: ...
+
+    def rows(self) -> list[Tuple[Tuple[_KeyValue, ...], int, int]]:
+        """The counters as Aggregator.snapshot() lists them: (key, packets, bytes) per key."""
+    def __len__(self) -> int: ...
+    @property
+    def overflow(self) -> Tuple[int, int]:
+        """(packets, bytes) of the aggregator's overflow when copied."""
+    @property
+    def fields(self) -> Tuple[str, ...]:
+        """The key fields, in the order the keys were copied in."""
+    @property
+    def sum(self) -> Tuple[int, int]:
+        """(packets, bytes) over every key (overflow not included)."""
+    @property
+    def aggregator(self) -> Aggregator:
+        """The Aggregator these counts were copied from."""
+
+
+@final
+class CounterRenderer:
+    """Writes the record counters of Aggregators as Prometheus text in C, with each key's label string
+    built once (by a Python callable) and cached while the key lives. See render()."""
+
+    def __init__(self) -> None: ...
+    def render(self, parts: Iterable[Tuple[object, ...]],
+               tag: object, families: Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]],
+               tail: bytes = b"", /) -> bytes:
+        """The record counters as Prometheus text, followed by tail, as one bytes object.
+        parts: (counts, labels, overflow_labels) per aggregator, counts an Aggregator.counts() (or the
+        Aggregator, copied now, or rows as snapshot() lists them, their label strings then built every
+        time, with the overflow as an optional fourth item (packets, bytes)); labels(key) returns the
+        label string of a key (as in snapshot(), e.g. '{group="5"}') and is called once per new key, the
+        result cached per aggregator entry; overflow_labels (str or None) names the aggregator's
+        overflow series. Keys whose label strings are equal, in any part, are one series: their counts
+        add up. Every cached label is dropped when tag differs from the previous render's (interface
+        names or the configuration changed). families: ((head, sample_name), (head, sample_name)) as
+        bytes, for packets and for bytes: each head (HELP/TYPE lines) then one line per series."""
+    @property
+    def labels(self) -> int:
+        """Distinct label strings held since the last render."""
 
 
 @final

@@ -1,8 +1,9 @@
 """Turn worker snapshots into Prometheus exposition text.
 
 Two parts, both reading copies taken by the workers' aggregators (nothing here runs per packet):
-- the record counters ``nflog_packets_total`` / ``nflog_bytes_total``, rendered directly with a
-  cache of label strings per key, because a scrape of 10k+ series must take milliseconds;
+- the record counters ``nflog_packets_total`` / ``nflog_bytes_total``, written in C from the
+  snapshots' frozen counts (``nflog.CounterRenderer``) with each key's label string built here once
+  and cached, because a scrape of 100k series must take milliseconds;
 - nflogd's own health, as a prometheus_client custom collector yielding metric families.
 """
 
@@ -23,7 +24,7 @@ from . import __version__, labels
 from .config import Config, classify
 from .http.stats import ServerStats
 from .ifnames import InterfaceNames
-from .nflog import LIBNETFILTER_LOG_VERSION
+from .nflog import LIBNETFILTER_LOG_VERSION, CounterRenderer
 from .worker import GroupWorker, WorkerSnapshot, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,18 +33,27 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 # OpenMetrics names a counter family without the _total its samples carry.
 _OM_COUNTER_META = re.compile(rb"^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*)_total ", re.MULTILINE)
 OVERFLOW = labels.OVERFLOW
+FAMILIES = ((b"# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n"
+             b"# TYPE nflog_packets_total counter\n", b"nflog_packets_total"),
+            (b"# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n"
+             b"# TYPE nflog_bytes_total counter\n", b"nflog_bytes_total"))
+
+
+def _no_labels(key: object) -> str:
+    """The label callable of a part without rows (never called)."""
+    raise AssertionError(f"no rows to name, got {key!r}")
 
 
 class RecordCounters:
     """Renders the record counters of worker snapshots, merging rows that map to the same labels.
 
-    Label strings come from labels.KeyRenderer, cached per (group, key) until the config or the
-    interface names change."""
+    Label strings come from labels.KeyRenderer, built once per key and cached in C per aggregator
+    entry until the config or the interface names change."""
 
     def __init__(self, ifnames: InterfaceNames) -> None:
         self._ifnames = ifnames
-        self._cache: dict[tuple[int, tuple[object, ...]], str] = {}
-        self._cache_tag: tuple[int, int] = (0, -1)
+        # Label strings per key, cached in C while the key lives (nflog.CounterRenderer).
+        self._renderer = CounterRenderer()
 
     def context(self, cfg: Config) -> labels.LabelContext:
         actions = cfg.actions
@@ -55,51 +65,32 @@ class RecordCounters:
         return labels.KeyRenderer(cfg.labels, snap.spec.fields, self.context(cfg),
                                   snap.group_config.labels)
 
-    def render(self, cfg: Config, snapshots: Sequence[WorkerSnapshot]) -> str:
-        tag = (id(cfg), self._ifnames.generation)
-        if tag != self._cache_tag or len(self._cache) > 4 * cfg.max_series + 1024:
-            self._cache.clear()  # names, labels or config changed: rebuild what is asked
-            self._cache_tag = tag
-        cache = self._cache
-        totals: dict[str, list[int]] = {}
+    def render(self, cfg: Config, snapshots: Sequence[WorkerSnapshot], tail: bytes = b"",
+               families: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] = FAMILIES) -> bytes:
+        """The record counters as exposition text (heads from ``families``: the text format's or
+        OpenMetrics'), then ``tail``, in one buffer written in C."""
+        tag = (id(cfg), self._ifnames.generation)  # names, labels or config changed: rebuild
         wanted = cfg.key_spec
+        parts: list[tuple[object, ...]] = []
         for snap in snapshots:
-            group = snap.group
+            over = snap.overflow  # taken with the rows, at one instant
             rows = snap.rows
-            over_packets, over_bytes = snap.overflow  # rows and overflow taken at one instant
-            if snap.spec != wanted:
+            fields = getattr(rows, "fields", None)
+            if snap.spec != wanted or (fields is not None and fields != snap.spec.fields):
                 # A reload is between relabelling the aggregators and publishing its config:
                 # the rows cannot be named yet, so the group's whole count shows in its
                 # remainder series for this scrape (sums stay exact and nothing goes down).
-                over_packets += sum(r[1] for r in rows)
-                over_bytes += sum(r[2] for r in rows)
-                rows = ()
-            render: labels.KeyRenderer | None = None
-            for key, packets, nbytes in rows:
-                ck = (group, key)
-                text = cache.get(ck)
-                if text is None:
-                    if render is None:
-                        render = self.renderer(cfg, snap)
-                    text = cache[ck] = render(key)
-                acc = totals.get(text)
-                if acc is None:
-                    totals[text] = [packets, nbytes]
-                else:
-                    acc[0] += packets
-                    acc[1] += nbytes
-            if over_packets:
-                text = labels.overflow_label_string(cfg.labels, group, snap.group_config.labels)
-                acc = totals.setdefault(text, [0, 0])
-                acc[0] += over_packets
-                acc[1] += over_bytes
-        out = ["# HELP nflog_packets_total Packets logged by netfilter NFLOG rules.\n",
-               "# TYPE nflog_packets_total counter\n"]
-        out += [f"nflog_packets_total{text} {v[0]}\n" for text, v in totals.items()]
-        out += ["# HELP nflog_bytes_total Bytes of the packets logged (IP total length).\n",
-                "# TYPE nflog_bytes_total counter\n"]
-        out += [f"nflog_bytes_total{text} {v[1]}\n" for text, v in totals.items()]
-        return "".join(out)
+                got = rows.sum if fields is not None else (sum(r[1] for r in rows),  # type: ignore[union-attr]
+                                                           sum(r[2] for r in rows))
+                over = (over[0] + got[0], over[1] + got[1])
+                parts.append(((), _no_labels, labels.overflow_label_string(
+                    cfg.labels, snap.group, snap.group_config.labels), over))
+                continue
+            parts.append((rows, self.renderer(cfg, snap),
+                          labels.overflow_label_string(cfg.labels, snap.group,
+                                                       snap.group_config.labels),
+                          over))
+        return self._renderer.render(parts, tag, families, tail)
 
 
 class ReloadStatus:
@@ -249,17 +240,23 @@ class Exposition:
         """The body and content type for a scrape sending `accept`: OpenMetrics 1.0.0 when it
         asks for it (ending in # EOF), Prometheus text 0.0.4 otherwise."""
         self._ifnames.refresh()
-        text = self._counters.render(self._config(), [w.snapshot() for w in self._workers()])
+        cfg, snapshots = self._config(), [w.snapshot() for w in self._workers()]
+        # The registry's families go into the counters' buffer: one copy of a large body, not two.
         if wants_openmetrics(accept):
-            return (openmetrics_counters(text.encode()) + generate_openmetrics(self.registry),
-                    OPENMETRICS_CONTENT_TYPE)
-        return text.encode() + generate_latest(self.registry), CONTENT_TYPE
+            return (self._counters.render(cfg, snapshots, generate_openmetrics(self.registry),
+                                          FAMILIES_OPENMETRICS), OPENMETRICS_CONTENT_TYPE)
+        return self._counters.render(cfg, snapshots, generate_latest(self.registry)), CONTENT_TYPE
 
 
 def openmetrics_counters(text: bytes) -> bytes:
     """Hand-rendered counter families in OpenMetrics: the family is named without _total (its
     samples keep it); no _created, since a series' creation time is not tracked."""
     return _OM_COUNTER_META.sub(rb"# \1 \2 ", text)
+
+
+# The record counters' heads in OpenMetrics, derived from the text format's.
+FAMILIES_OPENMETRICS = ((openmetrics_counters(FAMILIES[0][0]), FAMILIES[0][1]),
+                        (openmetrics_counters(FAMILIES[1][0]), FAMILIES[1][1]))
 
 
 def wants_openmetrics(accept: str | None) -> bool:

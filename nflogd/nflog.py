@@ -36,6 +36,8 @@ from ._nflog import (
     NLBUF_MIN,
     PREFIX_MAX,
     Aggregator,
+    CounterRenderer,
+    Counts,
     Nflog,
     NflogClosedError,
     NflogData,
@@ -50,7 +52,7 @@ from ._nflog import (
 from .nflog_constants import *  # noqa: F403
 
 __all__ = [
-    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "FIELDS",
+    "open", "Nflog", "NflogData", "Aggregator", "SeriesBudget", "Counts", "CounterRenderer", "FIELDS",
     "NflogError", "NflogDroppedError", "NflogClosedError", "NflogRetryError",
     "NflogPermissionError",
     "ENOBUFS_RAISE", "ENOBUFS_HANDLE", "ENOBUFS_DISABLE", "COPY_NONE", "COPY_META", "COPY_PACKET",

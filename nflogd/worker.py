@@ -87,7 +87,9 @@ class WorkerSnapshot:
     group: int
     group_config: GroupConfig
     spec: KeySpec
-    rows: tuple[tuple[tuple[object, ...], int, int], ...]  # (key, packets, bytes)
+    # The counters: a frozen C copy (nflog.Counts: CounterRenderer renders it without a Python
+    # object per key; .rows() lists them) or, made by hand, rows (key, packets, bytes).
+    rows: nflog.Counts | tuple[tuple[tuple[object, ...], int, int], ...]
     overflow: tuple[int, int]  # (packets, bytes) over the series budget
 
 
@@ -210,15 +212,11 @@ class GroupWorker(threading.Thread):
     def snapshot(self) -> WorkerSnapshot:
         """The record counters now, frozen, with the spec they were counted by."""
         (spec, agg), cfg = self._current, self.cfg
-        # Rows and remainder at one instant (their sum is everything received). A relabel
-        # between reading _current and the copy shows as other fields: the collector then puts
-        # the whole count in the remainder for this scrape.
-        fields, rows, overflow = agg.read()
-        if fields != spec.fields:
-            overflow = (overflow[0] + sum(r[1] for r in rows), overflow[1] + sum(r[2] for r in rows))
-            rows = []
+        # Counts: rows and remainder copied at one instant (their sum is everything received),
+        # with the fields they were keyed by (a relabel in place may have changed them since
+        # _current was read: the collector then shows the whole count in the remainder).
         return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
-                              rows=tuple(rows), overflow=overflow)
+                              rows=(counts := agg.counts()), overflow=counts.overflow)
 
     def stats(self) -> WorkerStats:
         with self._lock:

@@ -7,6 +7,11 @@ process started inside one, scraped over HTTP and parsed with a real exposition 
   gets SIGTERM and must exit 0 (or is killed, and the teardown fails, saying why).
 - ``promtool_check(text)``: ``promtool check metrics`` on a scrape; fails with promtool's words.
 
+Two kinds of test, marked here by what they need (``pytest -m unit`` / ``pytest -m system``): a
+test is ``system`` when it uses ``make_netns`` or ``start_daemon``, or its module imports the
+namespace helpers (``netns``, ``nflog_support``: the real kernel, root, tools), or it is marked
+``system`` itself; every other test is ``unit`` and runs as any user, without a kernel or systemd.
+
 Nothing here skips: without root, nft, ip, setpriv or promtool the tests fail and say what is
 missing.
 """
@@ -30,6 +35,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netns import NFLOGD, Netns, require_tools  # noqa: E402
 
 STOP_TIMEOUT = 5.0
+
+
+# --- the two kinds of test -----------------------------------------------------------------
+
+SYSTEM_FIXTURES = frozenset({"make_netns", "start_daemon"})
+SYSTEM_HELPERS = frozenset({"netns", "nflog_support"})
+
+
+def _needs_system(item: pytest.Item) -> bool:
+    if item.get_closest_marker("system") is not None:
+        return True
+    if SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return any(getattr(v, "__module__", getattr(v, "__name__", None)) in SYSTEM_HELPERS
+               for v in vars(module).values()) if module is not None else False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.system if _needs_system(item) else pytest.mark.unit)
 
 
 # --- parsed scrapes ------------------------------------------------------------------------

@@ -179,6 +179,37 @@ static void check_record(const struct nfd_record *r, const void *msg, size_t siz
 	(void)sink;
 }
 
+/* nfd_record_parse_some, with a layout learnt from earlier messages or none, gives exactly what a
+ * fresh walk gives for the same wanted attributes (and with all of them, what nfd_record_parse
+ * gives): the learnt-layout shortcut never reads outside a message or misses a malformed one. */
+static void check_parse_some(const struct nlmsghdr *nlh, int full_ret, const struct nfd_record *full)
+{
+	static const uint32_t wants[3] = {
+		NFD_ATTRS_ALL,
+		(1u << NFULA_PAYLOAD) | (1u << NFULA_PACKET_HDR) | (1u << NFULA_SEQ) |
+			(1u << NFULA_PREFIX) | (1u << NFULA_IFINDEX_INDEV) |
+			(1u << NFULA_IFINDEX_OUTDEV) | (1u << NFULA_UID),
+		(1u << NFULA_PAYLOAD) | (1u << NFULA_SEQ),
+	};
+	static struct nfd_layout learnt[3];
+	for (int i = 0; i < 3; i++) {
+		struct nfd_layout fresh = {.want = wants[i]};
+		struct nfd_record a, b;
+		int ra = nfd_record_parse_some(nlh, &a, &fresh);
+		learnt[i].want = wants[i];
+		int rb = nfd_record_parse_some(nlh, &b, &learnt[i]);
+		CHECK(ra == rb, "want %#x: fresh walk %d, learnt layout %d", wants[i], ra, rb);
+		if (ra == 0) {
+			check_record(&b, nlh, nlh->nlmsg_len);
+			CHECK(memcmp(&a, &b, sizeof(a)) == 0, "want %#x: the learnt layout parsed differently",
+			      wants[i]);
+		}
+		if (i == 0) {
+			CHECK(ra == full_ret, "all attributes: %d, nfd_record_parse: %d", ra, full_ret);
+			CHECK(ra || memcmp(&a, full, sizeof(a)) == 0, "all attributes parsed differently");
+		}
+	}
+}
 /* The label fields of the last record parse_exact parsed, read while its copy was alive. */
 static struct {
 	int fam;
@@ -218,6 +249,7 @@ static int parse_exact(const uint8_t *src, size_t len, struct nfd_record *out)
 			agg_fold(&fold_table, &r);  /* every field: the key reads the payload too */
 		}
 	}
+	check_parse_some((struct nlmsghdr *)copy, ret, &r);
 	if (out)
 		*out = r;  /* pointers dangle after free: callers only read scalars */
 	free(copy);
@@ -874,8 +906,10 @@ static void random_phase(double seconds)
 				break;
 		}
 		switch (iter % 5) {
-		case 0: {  /* a mutated whole message, possibly cut */
+		case 0: {  /* a mutated whole message, possibly cut (after the whole one: its layout) */
 			size_t len = full.len;
+			if (rnd() % 2)
+				parse_exact(full.b, full.len, NULL);
 			memcpy(buf, full.b, len);
 			mutate(buf + NLMSG_HDRLEN, len - NLMSG_HDRLEN);
 			if (rnd() % 2)
@@ -936,6 +970,7 @@ static void random_phase(double seconds)
 				len = rnd() % (len + 1);
 			memset(&s, 0, sizeof(s));
 			s.seq = rnd() % 2;
+			s.layout.want = rnd() % 2 ? NFD_ATTRS_ALL : 0;  /* 4 alike messages: the shortcut */
 			walk_exact(&s, copy, len, &w);
 			break;
 		}

@@ -12,6 +12,7 @@ import ctypes
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -68,7 +69,11 @@ def run(cmd: Sequence[str], *, check: bool = True, input: bytes | str | None = N
 
 
 class Netns:
-    """A private network namespace with loopback up; a context manager that deletes it."""
+    """A private network namespace with loopback up; a context manager that deletes it.
+
+    Named ``nflogd-TAG-PID-N`` so that :func:`delete_stale` can find the ones a killed process
+    left behind. The tests and ``bench/`` both use this class.
+    """
 
     def __init__(self, tag: str = "t") -> None:
         require_root()
@@ -181,6 +186,25 @@ class Netns:
         )
         self.run(SYSTEM_PYTHON, "-c", script, dst, str(port), str(count), str(size), src or "",
                  uid=uid, timeout=120)
+
+
+def delete_stale(tag: str) -> list[str]:
+    """Delete the namespaces ``Netns(tag)`` made in processes that are gone (SIGKILLed, so their
+    context managers never ran); returns their names."""
+    pattern = re.compile(rf"nflogd-{re.escape(tag)}-(\d+)-\d+")
+    stale = []
+    for line in run(["ip", "netns", "list"], check=False).stdout.decode().splitlines():
+        m = pattern.fullmatch(line.split()[0]) if line.split() else None
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            stale.append(m.group(0))
+    for name in stale:
+        for pid in run(["ip", "netns", "pids", name], check=False).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        run(["ip", "netns", "delete", name], check=False)
+    return stale
 
 
 def veth_pair(a: Netns, b: Netns, name_a: str, name_b: str, addr_a: str, addr_b: str,

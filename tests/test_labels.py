@@ -153,7 +153,7 @@ def test_collector_renders_snapshots_merging_rows_with_the_same_labels(tmp_path:
     rows = (((4, "203.0.113.7", 22, None), 3, 300), ((4, "203.0.113.7", None, (1, 8)), 2, 168),
             ((4, "203.0.113.7", None, (58, 128)), 1, 104))
     snap = WorkerSnapshot(group=4, group_config=g, spec=spec, rows=rows, overflow=(5, 500))
-    text = RecordCounters(Names()).render(cfg, [snap])  # type: ignore[arg-type]
+    text = RecordCounters(Names()).render(cfg, [snap]).decode()  # type: ignore[arg-type]
     assert 'nflog_packets_total{group="4",saddr="203.0.113.7",dport="22",icmp_type="",site="x"} 3' \
         in text
     # ICMP and ICMPv6 echo-request share a label value: one series.
@@ -165,7 +165,7 @@ def test_collector_renders_snapshots_merging_rows_with_the_same_labels(tmp_path:
     # these labels, so the group's whole count shows in its remainder series (nothing lost).
     other = WorkerSnapshot(group=4, group_config=g, spec=labels.KeySpec(("group",)),
                            rows=(((4,), 1, 1),), overflow=(2, 20))
-    text = RecordCounters(Names()).render(cfg, [other])  # type: ignore[arg-type]
+    text = RecordCounters(Names()).render(cfg, [other]).decode()  # type: ignore[arg-type]
     assert text.count("nflog_packets_total{") == 1
     assert 'nflog_packets_total{group="4",saddr="__overflow__",dport="__overflow__",' \
         'icmp_type="__overflow__",site="x"} 3' in text

@@ -186,6 +186,18 @@ while agg.records < 200 and time.time() < deadline:  # group 2: 150 + 25 + 25
     h2.aggregate(agg, timeout=0.2)
 snap = agg.snapshot()
 assert agg.records == 200 and agg.keys == 2 and agg.overflow[0] == 25, (agg.records, snap)
+rend = nflog.CounterRenderer()  # the C scrape: new keys, cached keys, merging, a failing callable
+fams = ((b"# p\n", b"p"), (b"# b\n", b"b"))
+for tag in (1, 1, 2):
+    body = rend.render([(agg, lambda k: '{x="%s"}' % k[1], "{x=\"over\"}")], tag, fams, b"t 1\n")
+frozen = agg.counts()
+assert sorted(frozen.rows()) == sorted(agg.snapshot()) and len(frozen) == 2, frozen.rows()
+assert rend.render([(frozen, lambda k: '{x="%s"}' % k[1], "{x=\"over\"}")], 2, fams, b"t 1\n") == body
+assert body.count(b"\n") == 2 + 2 * 3 + 1 and rend.labels == 3, body
+try:
+    rend.render([(agg, lambda k: 1 / 0, None)], 3, fams)
+except ZeroDivisionError:
+    pass
 for bad in (lambda: setattr(h, "drops", 5), lambda: setattr(h, "rcvbuf", -1),
             lambda: nflog.open(1), lambda: nflog.open(3, nlbuf=5),
             lambda: nflog.Aggregator(["nope"])):
@@ -207,7 +219,7 @@ rest = list(h)
 assert 1 <= len(rest) <= 5 and h.next(wait=False) is None and h.rcvbuf is None
 assert recs[0].indev == "vb0" and len(recs[0].hwaddr) == 6  # records outlive the handle
 assert list(h) == [] and nflog.Nflog.__new__(nflog.Nflog).queued == 0
-agg.clear(); del agg, recs, snap, rest
+agg.clear(); rend.render([(agg, str, None)], 3, fams); del agg, recs, snap, rend, frozen, rest
 assert budget.used == 0
 print("done", flush=True)
 '''
