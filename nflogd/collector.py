@@ -13,6 +13,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -80,8 +81,12 @@ class RecordCounters:
                 # A reload is between relabelling the aggregators and publishing its config:
                 # the rows cannot be named yet, so the group's whole count shows in its
                 # remainder series for this scrape (sums stay exact and nothing goes down).
-                got = rows.sum if fields is not None else (sum(r[1] for r in rows),  # type: ignore[union-attr]
-                                                           sum(r[2] for r in rows))
+                got: tuple[int, int]
+                if fields is not None:
+                    got = rows.sum  # type: ignore[union-attr]
+                else:  # rows made in Python
+                    plain: list[Any] = list(rows)  # type: ignore[arg-type]
+                    got = (sum(int(r[1]) for r in plain), sum(int(r[2]) for r in plain))
                 over = (over[0] + got[0], over[1] + got[1])
                 parts.append(((), _no_labels, labels.overflow_label_string(
                     cfg.labels, snap.group, snap.group_config.labels), over))
