@@ -1,10 +1,17 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Fold records into packet/byte counters keyed by chosen fields: one hash lookup per record, no
- * allocation once a key exists. Pure C; the caller holds agg->lock around fold and copy. */
+ * allocation once a key exists. Pure C; the caller holds agg->lock around every call but init and
+ * destroy.
+ *
+ * The series budget (see agg_policy): a key with no entry is counted in the remainder
+ * (overflow_*); idle entries expire and light ones are displaced by heavier newcomers, their counts
+ * moving into the remainder, so packets + bytes summed over entries and remainder only ever grow
+ * and equal everything folded. Time is a coarse clock in whole seconds set by agg_tick(). */
 #ifndef NFLOGD_AGG_TABLE_H
 #define NFLOGD_AGG_TABLE_H
 
 #include <pthread.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,7 +64,10 @@ struct agg_key {
 };
 #define AGG_KEY_FIXED offsetof(struct agg_key, pk)
 
-/* Counters and hash first: a lookup reads them and the key's start in one or two cache lines. */
+/* Counters and hash first: a lookup reads them and the key's start in one or two cache lines.
+ * Entries move: removing one moves the last into its place (remove_entry), and relabel/clear drop
+ * them all. So never keep an entry's index or address across agg_tick, a fold of a new key,
+ * agg_relabel or agg_clear (a "same key as the last record" cache must be reset by those). */
 struct agg_entry {
 	uint64_t hash;
 	uint64_t packets, bytes;
@@ -66,14 +76,69 @@ struct agg_entry {
 	 * hot entry below). Whatever puts a new key into an entry (insert, displacement) gives it a
 	 * new serial: ++last_serial. */
 	uint64_t serial;
+	uint32_t recent;    /* records in the decaying window (halved every decay period) */
+	uint32_t last_seen; /* agg_table.now at its last record */
+	uint32_t admitted;  /* agg_table.now when it got its entry */
 	struct agg_key key;
 };
 
-/* A limit on keys shared by several tables (the daemon's max_series across groups). */
+/* The budget's policy; 0 disables a mechanism. */
+struct agg_policy {
+	uint32_t ttl;           /* seconds without a record before an entry expires; 0 = never */
+	uint32_t min_residency; /* seconds an entry is safe from displacement */
+	uint32_t admit_rate;    /* displacements per second at most (burst: one second's worth) */
+	uint32_t decay;         /* seconds between halvings of the rate estimates */
+};
+
+/* Defaults of the Python Aggregator (README "Series budget" says why). */
+#define AGG_DEFAULT_MIN_RESIDENCY 20
+#define AGG_DEFAULT_ADMIT_RATE 10
+#define AGG_DEFAULT_DECAY 10
+
+/* The estimator of newcomers' rates: a count-min sketch, conservative update, decayed like the
+ * entries' `recent`, so the two compare. AGG_SKETCH_DEPTH rows of AGG_SKETCH_WIDTH counters
+ * (64 KiB); a row's index is AGG_SKETCH_BITS bits of the key hash (16 + 4 * 12 <= 64). */
+#define AGG_SKETCH_DEPTH 4
+#define AGG_SKETCH_BITS 12
+#define AGG_SKETCH_WIDTH (1u << AGG_SKETCH_BITS)
+/* A newcomer displaces the lightest eligible entry when its estimate is at least AGG_ADMIT_MIN,
+ * at least AGG_MARGIN times the sketch's mean counter (collision noise) and more than AGG_MARGIN
+ * times the victim's `recent`. */
+#define AGG_ADMIT_MIN 8
+#define AGG_MARGIN 2
+/* Pressure (with a ttl and an admit_rate): once a key was refused for want of budget, new keys
+ * fill free places (freed by expiry, or by another table sharing the budget) at most admit_rate
+ * a second, until for this long no new key was refused or had to wait: a flood cannot churn
+ * the places at every expiry. A relabel ends it (all places are new then). */
+#define AGG_PRESSURE_SECONDS 60
+/* Victims chosen per tick, lightest first (bounds the displacements between two ticks). */
+#define AGG_MAX_VICTIMS 256
+
+struct agg_victim {
+	uint32_t index;
+	uint64_t hash;    /* the entry still there? (a safety net: removals fix indexes up) */
+	uint32_t recent;  /* at the sweep */
+};
+
+struct agg_churn {
+	uint64_t admitted, expired, displaced;
+	uint64_t remainder_records;  /* records counted in the remainder on arrival */
+};
+
+struct agg_table;
+
+/* A limit on keys shared by several tables (the daemon's max_series across groups). Its members
+ * let a table with no light entry of its own displace another table's lightest (see no_entry):
+ * a flood in one group cannot starve the others' heavy label sets. */
 struct agg_budget {
 	long limit;
-	long used;  /* atomic */
+	long used;                      /* atomic */
+	pthread_mutex_t members_lock;   /* taken after a table's lock, never before */
+	struct agg_table *members;      /* linked by agg_table.next_member */
 };
+
+void agg_budget_init(struct agg_budget *b, long limit);
+void agg_budget_destroy(struct agg_budget *b);
 
 struct agg_table {
 	pthread_mutex_t lock;
@@ -85,6 +150,7 @@ struct agg_table {
 	const struct nfd_nets *nets;  /* for src_net/dst_net; owned by the caller, may be NULL */
 	size_t max_keys;
 	struct agg_budget *budget;  /* may be NULL */
+	struct agg_table *next_member;  /* in budget->members */
 	uint32_t *slots;            /* open addressing: index + 1 into entries; 0 = empty */
 	size_t nslots;              /* power of two */
 	struct agg_entry *entries;  /* dense, in insertion order */
@@ -95,8 +161,22 @@ struct agg_table {
 	 * floods are runs of one key, so it is tried before hashing. */
 	size_t hot;
 	uint64_t hot_serial;
+	struct agg_policy policy;
+	uint32_t now;               /* coarse clock, seconds since clock_base (agg_clock, agg_tick) */
+	time_t clock_base;          /* CLOCK_MONOTONIC_COARSE second that is the table's second 0 */
+	bool manual_clock;          /* a test drives the clock: agg_clock() leaves it alone */
+	uint32_t swept, decayed;    /* now at the last sweep and the last decay */
+	uint32_t tokens;            /* displacements allowed until the next refill */
+	uint32_t fill_tokens;       /* new entries in free places allowed, under pressure */
+	uint32_t pressure_until;    /* now < this: a key was refused lately (AGG_PRESSURE_SECONDS) */
+	uint32_t *sketch;           /* AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH, allocated on first need */
+	uint64_t sketch_total;      /* records added to the sketch, decayed alike */
+	struct agg_victim victims[AGG_MAX_VICTIMS];  /* heaviest first; the lightest is last */
+	size_t nvictims;
+	struct agg_churn churn;
 };
 
+/* Policy all zero: no expiry, no displacement (set t->policy after init). */
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget);
 void agg_destroy(struct agg_table *t);
 /* The NFULA_* attributes (bit 1 << NFULA_x) a record needs for a table of these fields, for
@@ -104,7 +184,18 @@ void agg_destroy(struct agg_table *t);
 uint32_t agg_wanted_attrs(uint32_t fields);
 /* Count one record; the caller holds t->lock. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec);
-/* Drop all keys (returning them to the budget); the caller holds t->lock. */
+/* Drop all keys (returning them to the budget) and zero every counter. */
 void agg_clear(struct agg_table *t);
+/* Read the coarse clock into t->now: once per datagram, by the reader (records are stamped with it). */
+void agg_clock(struct agg_table *t);
+/* The coarse clock's second now, relative to the table's second 0. */
+uint32_t agg_clock_read(const struct agg_table *t);
+/* Advance the clock to `now` (seconds, never backwards) and, once per second at most, sweep: expire
+ * idle entries, decay the estimates, refill the admission tokens, choose the next victims. Amortised:
+ * one pass over the entries per second, none per record. */
+void agg_tick(struct agg_table *t, uint32_t now);
+/* Count by other fields from now on: every entry's counts move into the remainder, so nothing is
+ * lost and no sum goes down; the sketch forgets (its keys meant something else). */
+void agg_relabel(struct agg_table *t, uint32_t fields);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -19,7 +20,7 @@ typedef struct {
 	struct agg_table t;
 	PyObject *budget;            /* BudgetObject or NULL */
 	PyObject *fields;            /* tuple of names, in the caller's order */
-	int order[F_NFIELDS];        /* field ids in that order */
+	int order[F_NFIELDS];        /* field ids in that order; written under t.lock (relabel) */
 	int nfields;
 	struct nfd_nets *nets;       /* NULL without networks */
 	PyObject *networks;          /* tuple of (name, cidr) as given, checked */
@@ -49,6 +50,23 @@ static int budget_set_limit(BudgetObject *self, PyObject *v, void *c)
 	/* Lowering it keeps the keys that exist; only new keys are refused. */
 	__atomic_store_n(&self->b.limit, limit, __ATOMIC_RELAXED);
 	return 0;
+}
+
+static PyObject *budget_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	BudgetObject *self = (BudgetObject *)type->tp_alloc(type, 0);
+	(void)args;
+	(void)kw;
+	if (self)
+		agg_budget_init(&self->b, 0);
+	return (PyObject *)self;
+}
+
+static void budget_dealloc(BudgetObject *self)
+{
+	/* Aggregators hold a reference: no member is left by now. */
+	agg_budget_destroy(&self->b);
+	SELF_FREE(self);
 }
 
 static int budget_init(BudgetObject *self, PyObject *args, PyObject *kw)
@@ -85,7 +103,8 @@ PyTypeObject SeriesBudgetType = {
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_doc = budget_doc,
 	.tp_init = (initproc)budget_init,
-	.tp_new = PyType_GenericNew,
+	.tp_new = budget_new,
+	.tp_dealloc = (destructor)budget_dealloc,
 	.tp_getset = budget_getset,
 };
 
@@ -106,6 +125,42 @@ static int field_id(PyObject *name)
 	if (!PyErr_Occurred())
 		PyErr_Format(PyExc_ValueError, "unknown aggregation field %R (known: see nflog.FIELDS)", name);
 	return -1;
+}
+
+/* fields -> (tuple, mask, order); NULL with an exception when they are not valid. */
+static PyObject *parse_fields(PyObject *fields, uint32_t *mask, int order[F_NFIELDS])
+{
+	PyObject *seq = PySequence_Tuple(fields);
+	if (!seq)
+		return NULL;
+	if (PyTuple_GET_SIZE(seq) > F_NFIELDS) {
+		Py_DECREF(seq);
+		PyErr_SetString(PyExc_ValueError, "too many fields");
+		return NULL;
+	}
+	*mask = 0;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+		int id = field_id(PyTuple_GET_ITEM(seq, i));
+		if (id < 0 || (*mask & (1u << id))) {
+			if (id >= 0)
+				PyErr_Format(PyExc_ValueError, "field %R given twice", PyTuple_GET_ITEM(seq, i));
+			Py_DECREF(seq);
+			return NULL;
+		}
+		*mask |= 1u << id;
+		order[i] = id;
+	}
+	return seq;
+}
+
+static int seconds_arg(Py_ssize_t v, const char *name, uint32_t *out)
+{
+	if (v < 0 || v > (Py_ssize_t)INT32_MAX) {
+		PyErr_Format(PyExc_ValueError, "%s must be within 0..%ld", name, (long)INT32_MAX);
+		return -1;
+	}
+	*out = (uint32_t)v;
+	return 0;
 }
 
 /* "203.0.113.0/24" or "2001:db8::/32" into spec; host bits set or a bad text: ValueError. */
@@ -202,9 +257,13 @@ out:
 
 static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = {"fields", "max_keys", "budget", "address_mask", "networks", NULL};
+	static char *kwlist[] = {"fields", "max_keys", "budget", "address_mask", "networks", "ttl",
+				 "min_residency", "admit_rate", "decay", NULL};
 	PyObject *fields, *seq, *budget = Py_None, *networks = NULL;
-	Py_ssize_t max_keys = 65536;
+	Py_ssize_t max_keys = 65536, ttl = 0, min_residency = AGG_DEFAULT_MIN_RESIDENCY,
+		   admit_rate = AGG_DEFAULT_ADMIT_RATE, decay = AGG_DEFAULT_DECAY;
+	struct agg_policy policy;
+	int order[F_NFIELDS];
 	int mask4 = 32, mask6 = 128;
 	uint32_t mask = 0;
 
@@ -212,8 +271,9 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 		PyErr_SetString(PyExc_RuntimeError, "Aggregator is already initialised");
 		return -1;
 	}
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO$(ii)O:Aggregator", kwlist, &fields,
-					 &max_keys, &budget, &mask4, &mask6, &networks))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO$(ii)Onnnn:Aggregator", kwlist, &fields,
+					 &max_keys, &budget, &mask4, &mask6, &networks, &ttl,
+					 &min_residency, &admit_rate, &decay))
 		return -1;
 	if (mask4 < 0 || mask4 > 32 || mask6 < 0 || mask6 > 128) {
 		PyErr_SetString(PyExc_ValueError, "address_mask must be (0..32, 0..128)");
@@ -223,30 +283,18 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 		PyErr_SetString(PyExc_ValueError, "max_keys must be within 0..4294967294");
 		return -1;
 	}
+	if (seconds_arg(ttl, "ttl", &policy.ttl) < 0 ||
+	    seconds_arg(min_residency, "min_residency", &policy.min_residency) < 0 ||
+	    seconds_arg(admit_rate, "admit_rate", &policy.admit_rate) < 0 ||
+	    seconds_arg(decay, "decay", &policy.decay) < 0)
+		return -1;
 	if (budget != Py_None && !PyObject_TypeCheck(budget, &SeriesBudgetType)) {
 		PyErr_SetString(PyExc_TypeError, "budget must be a SeriesBudget or None");
 		return -1;
 	}
-	seq = PySequence_Tuple(fields);
+	seq = parse_fields(fields, &mask, order);
 	if (!seq)
 		return -1;
-	if (PyTuple_GET_SIZE(seq) > F_NFIELDS) {
-		Py_DECREF(seq);
-		PyErr_SetString(PyExc_ValueError, "too many fields");
-		return -1;
-	}
-	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
-		int id = field_id(PyTuple_GET_ITEM(seq, i));
-		if (id < 0 || (mask & (1u << id))) {
-			if (id >= 0)
-				PyErr_Format(PyExc_ValueError, "field %R given twice", PyTuple_GET_ITEM(seq, i));
-			Py_DECREF(seq);
-			return -1;
-		}
-		mask |= 1u << id;
-		self->order[i] = id;
-	}
-	self->nfields = (int)PyTuple_GET_SIZE(seq);
 	PyObject *none = networks ? NULL : PyTuple_New(0);
 	int bad = (networks || none) ? set_networks(self, networks ? networks : none) : -1;
 	Py_XDECREF(none);
@@ -260,6 +308,9 @@ static int aggregator_init(AggregatorObject *self, PyObject *args, PyObject *kw)
 		PyErr_NoMemory();
 		return -1;
 	}
+	self->t.policy = policy;
+	memcpy(self->order, order, sizeof(order));
+	self->nfields = (int)PyTuple_GET_SIZE(seq);
 	self->t.mask4 = (uint8_t)mask4;
 	self->t.mask6 = (uint8_t)mask6;
 	self->t.nets = self->nets;
@@ -389,10 +440,6 @@ PyObject *aggregator_key_tuple(PyObject *agg, const int *order, int nfields,
 	return key;
 }
 
-static PyObject *key_tuple(AggregatorObject *self, const struct agg_entry *e)
-{
-	return aggregator_key_tuple((PyObject *)self, self->order, self->nfields, e);
-}
 
 void aggregator_order(PyObject *agg, int order[F_NFIELDS], int *nfields)
 {
@@ -406,9 +453,11 @@ int aggregator_check_ready(PyObject *agg)
 	return check_ready((AggregatorObject *)agg);
 }
 
-static PyObject *row(AggregatorObject *self, const struct agg_entry *e)
+/* (key, packets, bytes) with the key in the given field order (copied with the entries). */
+static PyObject *row(AggregatorObject *self, const int *order, int nfields,
+		     const struct agg_entry *e)
 {
-	PyObject *key = key_tuple(self, e);
+	PyObject *key = aggregator_key_tuple((PyObject *)self, order, nfields, e);
 	if (!key)
 		return NULL;
 	return Py_BuildValue("(NKK)", key, (unsigned long long)e->packets,
@@ -426,42 +475,206 @@ PyDoc_STRVAR(snapshot_doc,
 "network's name; ct_state 'new', 'established' or 'related'; each None when the packet has none.\n"
 "Counters only grow, until clear().");
 
-static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
-{
-	struct agg_entry *copy = NULL;
-	size_t n = 0;
-	int nomem = 0;
-	PyObject *list;
-	(void)unused;
+/* Everything a reader needs, copied at one instant under the lock. */
+struct agg_copy {
+	struct agg_entry *entries;
+	size_t n;
+	int order[F_NFIELDS], nfields;
+	unsigned long long overflow_packets, overflow_bytes;
+};
 
-	if (check_ready(self) < 0)
-		return NULL;
+static int take_copy(AggregatorObject *self, struct agg_copy *c)
+{
+	int nomem = 0;
+
+	memset(c, 0, sizeof(*c));
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->t.lock);
-	n = self->t.nentries;
-	if (n) {
-		copy = malloc(n * sizeof(*copy));
-		if (copy)
-			memcpy(copy, self->t.entries, n * sizeof(*copy));
+	c->n = self->t.nentries;
+	if (c->n) {
+		c->entries = malloc(c->n * sizeof(*c->entries));
+		if (c->entries)
+			memcpy(c->entries, self->t.entries, c->n * sizeof(*c->entries));
 		else
 			nomem = 1;
 	}
+	memcpy(c->order, self->order, sizeof(c->order));
+	c->nfields = self->nfields;
+	c->overflow_packets = self->t.overflow_packets;
+	c->overflow_bytes = self->t.overflow_bytes;
 	pthread_mutex_unlock(&self->t.lock);
 	Py_END_ALLOW_THREADS
-	if (nomem)
-		return PyErr_NoMemory();
+	if (nomem) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
 
-	list = PyList_New((Py_ssize_t)n);
-	for (size_t i = 0; list && i < n; i++) {
-		PyObject *r = row(self, &copy[i]);
+static PyObject *copy_rows(AggregatorObject *self, struct agg_copy *c)
+{
+	PyObject *list = PyList_New((Py_ssize_t)c->n);
+	for (size_t i = 0; list && i < c->n; i++) {
+		PyObject *r = row(self, c->order, c->nfields, &c->entries[i]);
 		if (!r) {
 			Py_CLEAR(list);
 			break;
 		}
 		PyList_SET_ITEM(list, (Py_ssize_t)i, r);
 	}
-	free(copy);
+	free(c->entries);
+	c->entries = NULL;
 	return list;
+}
+
+static PyObject *aggregator_snapshot(AggregatorObject *self, PyObject *unused)
+{
+	struct agg_copy c;
+	(void)unused;
+
+	if (check_ready(self) < 0 || take_copy(self, &c) < 0)
+		return NULL;
+	return copy_rows(self, &c);
+}
+
+PyDoc_STRVAR(read_doc,
+"read($self, /)\n--\n\n"
+"(fields, rows, (remainder_packets, remainder_bytes)), all taken at one instant: rows as in\n"
+"snapshot(), keyed by `fields` (which relabel() may change), the remainder as `overflow`. The\n"
+"packets (and bytes) of rows plus remainder are everything folded, and only grow until clear().");
+
+static PyObject *aggregator_read(AggregatorObject *self, PyObject *unused)
+{
+	struct agg_copy c;
+	PyObject *fields, *rows;
+	(void)unused;
+
+	if (check_ready(self) < 0 || take_copy(self, &c) < 0)
+		return NULL;
+	fields = PyTuple_New(c.nfields);
+	for (int i = 0; fields && i < c.nfields; i++) {
+		PyObject *name = PyUnicode_FromString(agg_field_names[c.order[i]]);
+		if (!name)
+			Py_CLEAR(fields);
+		else
+			PyTuple_SET_ITEM(fields, i, name);
+	}
+	rows = fields ? copy_rows(self, &c) : NULL;
+	free(c.entries);
+	if (!rows) {
+		Py_XDECREF(fields);
+		return NULL;
+	}
+	return Py_BuildValue("(NN(KK))", fields, rows, c.overflow_packets, c.overflow_bytes);
+}
+
+PyDoc_STRVAR(tick_doc,
+"tick($self, /, now=None)\n--\n\n"
+"Advance the aggregator's clock (whole seconds; None: CLOCK_MONOTONIC_COARSE since it was made,\n"
+"as aggregate() reads it once per datagram; a number: a test's clock from then on, which\n"
+"aggregate() leaves alone; never backwards) and, at most once a second, sweep: expire entries\n"
+"idle for ttl, decay the rate estimates every `decay` seconds, refill the admission allowances,\n"
+"choose the next victims.\n"
+"A reader calls it between aggregate() calls.");
+
+static PyObject *aggregator_tick(AggregatorObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"now", NULL};
+	PyObject *now_obj = Py_None;
+	long long now;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:tick", kwlist, &now_obj))
+		return NULL;
+	if (check_ready(self) < 0)
+		return NULL;
+	if (now_obj == Py_None) {
+		now = -2;  /* read under the lock */
+	} else {
+		now = PyLong_AsLongLong(now_obj);
+		if (now == -1 && PyErr_Occurred())
+			return NULL;
+	}
+	if ((now < 0 && now != -2) || now > (long long)UINT32_MAX)
+		return PyErr_Format(PyExc_ValueError, "now must be within 0..%lu seconds",
+				    (unsigned long)UINT32_MAX);
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	if (now == -2) {
+		agg_clock(&self->t);
+		agg_tick(&self->t, self->t.now);
+	} else {
+		self->t.manual_clock = true;
+		agg_tick(&self->t, (uint32_t)now);
+	}
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(set_policy_doc,
+"set_policy($self, /, *, ttl=None, min_residency=None, admit_rate=None, decay=None)\n--\n\n"
+"Change the budget policy (None keeps a value); the rows stay.");
+
+static PyObject *aggregator_set_policy(AggregatorObject *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"ttl", "min_residency", "admit_rate", "decay", NULL};
+	PyObject *v[4] = {Py_None, Py_None, Py_None, Py_None};
+	struct agg_policy p;
+	uint32_t *dst[4] = {&p.ttl, &p.min_residency, &p.admit_rate, &p.decay};
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO:set_policy", kwlist, &v[0], &v[1], &v[2],
+					 &v[3]))
+		return NULL;
+	if (check_ready(self) < 0)
+		return NULL;
+	p = self->t.policy;  /* written only here, with the GIL held */
+	for (int i = 0; i < 4; i++) {
+		if (v[i] == Py_None)
+			continue;
+		Py_ssize_t n = PyNumber_AsSsize_t(v[i], PyExc_OverflowError);
+		if (n == -1 && PyErr_Occurred())
+			return NULL;
+		if (seconds_arg(n, kwlist[i], dst[i]) < 0)
+			return NULL;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	self->t.policy = p;
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(relabel_doc,
+"relabel($self, fields, /)\n--\n\n"
+"Key by other fields from now on, atomically: every row's counts move into the remainder (the\n"
+"overflow), so no record is lost and no sum goes down; records folded after it use the new key.\n"
+"The same fields in another order keep the rows (their keys are only reordered).");
+
+static PyObject *aggregator_relabel(AggregatorObject *self, PyObject *fields)
+{
+	int order[F_NFIELDS];
+	uint32_t mask;
+	PyObject *seq, *old;
+
+	if (check_ready(self) < 0)
+		return NULL;
+	seq = parse_fields(fields, &mask, order);
+	if (!seq)
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	/* The same fields in another order key the same rows: only the order of key values changes. */
+	if (mask != self->t.fields)
+		agg_relabel(&self->t, mask);
+	memcpy(self->order, order, sizeof(order));
+	self->nfields = (int)PyTuple_GET_SIZE(seq);
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	old = self->fields;
+	self->fields = seq;
+	Py_XDECREF(old);
+	Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(clear_doc,
@@ -485,6 +698,8 @@ static PyObject *aggregator_clear(AggregatorObject *self, PyObject *unused)
 static PyObject *read_locked(AggregatorObject *self, int which)
 {
 	unsigned long long a = 0, b = 0;
+	struct agg_churn churn;
+	memset(&churn, 0, sizeof(churn));
 	if (check_ready(self) < 0)
 		return NULL;
 	Py_BEGIN_ALLOW_THREADS
@@ -492,11 +707,31 @@ static PyObject *read_locked(AggregatorObject *self, int which)
 	switch (which) {
 	case 0: a = self->t.nentries; break;
 	case 1: a = self->t.overflow_packets; b = self->t.overflow_bytes; break;
-	default: a = self->t.records; break;
+	case 2: a = self->t.records; break;
+	default: churn = self->t.churn; break;
 	}
 	pthread_mutex_unlock(&self->t.lock);
 	Py_END_ALLOW_THREADS
+	if (which == 3)
+		return Py_BuildValue("(KKKK)", (unsigned long long)churn.admitted,
+				     (unsigned long long)churn.expired,
+				     (unsigned long long)churn.displaced,
+				     (unsigned long long)churn.remainder_records);
 	return which == 1 ? Py_BuildValue("(KK)", a, b) : PyLong_FromUnsignedLongLong(a);
+}
+
+static PyObject *get_churn(AggregatorObject *self, void *c)
+{
+	(void)c;
+	return read_locked(self, 3);
+}
+
+static PyObject *get_policy(AggregatorObject *self, void *c)
+{
+	(void)c;
+	const struct agg_policy *p = &self->t.policy;
+	return Py_BuildValue("{sIsIsIsI}", "ttl", p->ttl, "min_residency", p->min_residency,
+			     "admit_rate", p->admit_rate, "decay", p->decay);
 }
 
 static PyObject *get_keys(AggregatorObject *self, void *c)
@@ -572,13 +807,25 @@ static PyMethodDef aggregator_methods[] = {
 	{"snapshot", (PyCFunction)aggregator_snapshot, METH_NOARGS, snapshot_doc},
 	{"counts", (PyCFunction)aggregator_counts, METH_NOARGS, counts_doc},
 	{"clear", (PyCFunction)aggregator_clear, METH_NOARGS, clear_doc},
+	{"read", (PyCFunction)aggregator_read, METH_NOARGS, read_doc},
+	{"tick", (PyCFunction)(void (*)(void))aggregator_tick, METH_VARARGS | METH_KEYWORDS, tick_doc},
+	{"relabel", (PyCFunction)aggregator_relabel, METH_O, relabel_doc},
+	{"set_policy", (PyCFunction)(void (*)(void))aggregator_set_policy, METH_VARARGS | METH_KEYWORDS,
+	 set_policy_doc},
 	{NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef aggregator_getset[] = {
 	{"keys", (getter)get_keys, NULL, PyDoc_STR("Distinct keys held."), NULL},
 	{"overflow", (getter)get_overflow, NULL,
-	 PyDoc_STR("(packets, bytes) of records whose new key was over a limit."), NULL},
+	 PyDoc_STR("(packets, bytes) of the remainder: records whose key had no row, and the counts of\n"
+		   "rows that expired, were displaced or relabelled."), NULL},
+	{"churn", (getter)get_churn, NULL,
+	 PyDoc_STR("(admitted, expired, displaced, remainder_records): rows made, rows expired, rows\n"
+		   "displaced by a heavier key, records counted in the remainder on arrival."), NULL},
+	{"policy", (getter)get_policy, NULL,
+	 PyDoc_STR("The budget policy: {'ttl', 'min_residency', 'admit_rate', 'decay'} in seconds\n"
+		   "(admit_rate: displacements per second)."), NULL},
 	{"records", (getter)get_records, NULL, PyDoc_STR("Records folded in all."), NULL},
 	{"fields", (getter)get_fields, NULL, PyDoc_STR("The key fields, in order."), NULL},
 	{"max_keys", (getter)get_max_keys, NULL, PyDoc_STR("This aggregator's own key limit."), NULL},
@@ -591,10 +838,16 @@ static PyGetSetDef aggregator_getset[] = {
 };
 
 PyDoc_STRVAR(aggregator_doc,
-"Aggregator(fields, max_keys=65536, budget=None, *, address_mask=(32, 128), networks=())\n--\n\n"
+"Aggregator(fields, max_keys=65536, budget=None, *, address_mask=(32, 128), networks=(), ttl=0, min_residency=20, admit_rate=10, decay=10)\n--\n\n"
 "Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by\n"
-"Nflog.aggregate() in C with the GIL released; read with snapshot(). A record whose key is new\n"
-"when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`.\n"
+"Nflog.aggregate() in C with the GIL released; read with read() or snapshot(). A record whose key\n"
+"is new when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`\n"
+"(the remainder), unless its key is heavy enough to displace a row (see README: series budget).\n"
+"Rows idle for ttl seconds (0: never) expire into the remainder at a tick(). A row admitted\n"
+"min_residency seconds ago or more may be displaced by a key whose estimated rate is more than\n"
+"twice its own, at most admit_rate times a second (0: never); rates decay by half every decay s.\n"
+"With a ttl, once a key was refused for want of room, free places fill at most admit_rate a\n"
+"second until no new key was refused or kept waiting for 60 s.\n"
 "Bytes are the IP header's total length, so they are right whatever the copy range, as long as\n"
 "the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload\n"
 "(COPY_META, COPY_NONE) adds 0 bytes.\n"

@@ -481,6 +481,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		if ((st.len = recv_data(self)) <= 0)
 			break;
 		pthread_mutex_lock(&t->lock);
+		agg_clock(t);  /* the series budget's clock: once per datagram, not per record */
 		folded += nfd_sock_dispatch(&self->sock, (size_t)st.len, fold_record, t);
 		pthread_mutex_unlock(&t->lock);
 	}

@@ -192,19 +192,55 @@ class SeriesBudget:
 @final
 class Aggregator:
     """Packet and byte counters keyed by the record fields named in `fields` (see FIELDS). Filled by
-    Nflog.aggregate() in C with the GIL released; read with snapshot(). A record whose key is new
-    when max_keys keys exist, or when the shared budget is spent, is counted in `overflow`.
-    Bytes are the IP header's total length, so they are right whatever the copy range, as long as
-    the IP header is copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload
-    (COPY_META, COPY_NONE) adds 0 bytes.
-    saddr/daddr are reduced to address_mask (IPv4, IPv6 prefix lengths) before keying; src_net and
-    dst_net are the longest match of the full address among networks, (name, cidr) pairs with the
-    host bits clear; the payload is parsed for these only when one of them is a field."""
+    Nflog.aggregate() in C with the GIL released; read with read() or snapshot(). A record whose
+    key is new when max_keys keys exist, or when the shared budget is spent, is counted in
+    `overflow` (the remainder), unless its key is heavy enough to displace a row (see README:
+    series budget). Rows idle for ttl seconds (0: never) expire into the remainder at a tick(). A
+    row admitted min_residency seconds ago or more may be displaced by a key whose estimated rate
+    is more than twice its own, at most admit_rate times a second (0: never); rates decay by half
+    every decay s. With a ttl, once a key was refused for want of room, free places fill at most
+    admit_rate a second until no new key was refused or kept waiting for 60 s. Bytes are the IP
+    header's total length, so they are right whatever the copy range, as long as the IP header is
+    copied (COPY_PACKET with copyrange 0 or >= 40); a record without a payload (COPY_META,
+    COPY_NONE) adds 0 bytes. saddr/daddr are reduced to address_mask (IPv4, IPv6 prefix lengths)
+    before keying; src_net and dst_net are the longest match of the full address among networks,
+    (name, cidr) pairs with the host bits clear; the payload is parsed for these only when one of
+    them is a field."""
 
     def __init__(self, fields: Iterable[str], max_keys: int = 65536,
                  budget: SeriesBudget | None = None, *,
                  address_mask: tuple[int, int] = (32, 128),
-                 networks: Iterable[tuple[str, str]] = ()) -> None: ...
+                 networks: Iterable[tuple[str, str]] = (), ttl: int = 0, min_residency: int = 20,
+                 admit_rate: int = 10, decay: int = 10) -> None: ...
+    def read(self) -> tuple[tuple[str, ...], list[tuple[tuple[_KeyValue, ...], int, int]],
+                            tuple[int, int]]:
+        """(fields, rows, (remainder_packets, remainder_bytes)), all taken at one instant: rows as
+        in snapshot(), keyed by `fields` (which relabel() may change), the remainder as
+        `overflow`. The packets (and bytes) of rows plus remainder are everything folded, and
+        only grow until clear()."""
+    def tick(self, now: int | None = None) -> None:
+        """Advance the aggregator's clock (whole seconds; None: CLOCK_MONOTONIC_COARSE since it was
+        made, as aggregate() reads it once per datagram; a number: a test's clock from then on,
+        which aggregate() leaves alone; never backwards) and, at most once a second, sweep:
+        expire entries idle for ttl, decay the rate estimates every `decay` seconds, refill the
+        admission allowances, choose the next victims. A reader calls it between aggregate()
+        calls."""
+    def relabel(self, fields: Iterable[str], /) -> None:
+        """Key by other fields from now on, atomically: every row's counts move into the remainder
+        (the overflow), so no record is lost and no sum goes down; records folded after it use
+        the new key. The same fields in another order keep the rows (their keys are only
+        reordered)."""
+    def set_policy(self, *, ttl: int | None = None, min_residency: int | None = None,
+                   admit_rate: int | None = None, decay: int | None = None) -> None:
+        """Change the budget policy (None keeps a value); the rows stay."""
+    @property
+    def churn(self) -> tuple[int, int, int, int]:
+        """(admitted, expired, displaced, remainder_records): rows made, rows expired, rows
+        displaced by a heavier key, records counted in the remainder on arrival."""
+    @property
+    def policy(self) -> dict[str, int]:
+        """The budget policy: {'ttl', 'min_residency', 'admit_rate', 'decay'} in seconds
+        (admit_rate: displacements per second)."""
     def snapshot(self) -> list[tuple[tuple[_KeyValue, ...], int, int]]:
         """Counters so far: a list of (key, packets, bytes), key a tuple of the field values in the order
         given to the constructor: prefix as bytes; indev/outdev/physindev/physoutdev as interface
@@ -224,7 +260,8 @@ class Aggregator:
         """Distinct keys held."""
     @property
     def overflow(self) -> tuple[int, int]:
-        """(packets, bytes) of records whose new key was over a limit."""
+        """(packets, bytes) of the remainder: records whose key had no row, and the counts of rows
+        that expired, were displaced or relabelled."""
     @property
     def records(self) -> int:
         """Records folded in all."""

@@ -13,6 +13,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,6 +43,11 @@ FAMILIES = ((b"# HELP nflog_packets_total Packets logged by netfilter NFLOG rule
              b"# TYPE nflog_bytes_total counter\n", b"nflog_bytes_total"))
 
 
+def _no_labels(key: object) -> str:
+    """The label callable of a part without rows (never called)."""
+    raise AssertionError(f"no rows to name, got {key!r}")
+
+
 class RecordCounters:
     """Renders the record counters of worker snapshots, merging rows that map to the same labels.
 
@@ -69,14 +75,29 @@ class RecordCounters:
         OpenMetrics'), then ``tail``, in one buffer written in C."""
         tag = (id(cfg), self._ifnames.generation)  # names, labels or config changed: rebuild
         wanted = cfg.key_spec
-        parts = []
+        parts: list[tuple[object, ...]] = []
         for snap in snapshots:
-            if snap.spec != wanted:
-                continue  # relabelled by a reload; its worker swaps aggregators within 0.5 s
-            parts.append((snap.rows, self.renderer(cfg, snap),
+            over = snap.overflow  # taken with the rows, at one instant
+            rows = snap.rows
+            fields = getattr(rows, "fields", None)
+            if snap.spec != wanted or (fields is not None and fields != snap.spec.fields):
+                # A reload is between relabelling the aggregators and publishing its config:
+                # the rows cannot be named yet, so the group's whole count shows in its
+                # remainder series for this scrape (sums stay exact and nothing goes down).
+                got: tuple[int, int]
+                if fields is not None:
+                    got = rows.sum  # type: ignore[union-attr]
+                else:  # rows made in Python
+                    plain: list[Any] = list(rows)  # type: ignore[arg-type]
+                    got = (sum(int(r[1]) for r in plain), sum(int(r[2]) for r in plain))
+                over = (over[0] + got[0], over[1] + got[1])
+                parts.append(((), _no_labels, labels.overflow_label_string(
+                    cfg.labels, snap.group, snap.group_config.labels), over))
+                continue
+            parts.append((rows, self.renderer(cfg, snap),
                           labels.overflow_label_string(cfg.labels, snap.group,
                                                        snap.group_config.labels),
-                          snap.overflow))
+                          over))
         return self._renderer.render(parts, tag, families, tail)
 
 
@@ -157,13 +178,24 @@ class HealthCollector:
             labels=g), lambda s: 1 if s.bound else 0)
 
         cfg = self._config()
+        churn = [(str(w.cfg.group), w.aggregator.churn) for w in workers]
         budget_used = sum(w.aggregator.keys for w in workers)
-        overflow = self._retired_overflow() + sum(w.aggregator.overflow[0] for w in workers)
+        overflow = self._retired_overflow() + sum(c[3] for _, c in churn)
         yield GaugeMetricFamily("nflogd_series", "Distinct label sets in use.", value=budget_used)
         yield GaugeMetricFamily("nflogd_series_limit", "The max_series limit.", value=cfg.max_series)
         yield CounterMetricFamily("nflogd_series_overflow_records",
-                                  "Records counted in the overflow series because max_series "
-                                  "was reached.", value=overflow)
+                                  "Records counted in the remainder (__overflow__) series on "
+                                  "arrival because their label set had no series.", value=overflow)
+        for name, index, text in (
+                ("admitted", 0, "Series created: label sets given a place in max_series."),
+                ("expired", 1, ("Series ended after series_ttl without a record; their counts "
+                                "moved into the group's __overflow__ series.")),
+                ("displaced", 2, ("Series ended to make room for a heavier label set; their "
+                                  "counts moved into the group's __overflow__ series."))):
+            family = CounterMetricFamily(f"nflogd_series_{name}", text, labels=["group"])
+            for group, c in churn:
+                family.add_metric([group], c[index])
+            yield family
         yield GaugeMetricFamily("nflogd_config_last_reload_successful",
                                 "1 when the last configuration load succeeded.",
                                 value=1 if self._reload.successful else 0)

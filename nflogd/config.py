@@ -65,8 +65,11 @@ _NLBUF_RANGE = (4096, 131072)
 _COPY_RANGE_RANGE = (0, 65531)
 _RCVBUF_RANGE = (4096, 2**30 - 1)
 
-_TOP_KEYS = ("listen", "metrics_path", "log_level", "max_series", "labels", "actions", "groups",
-             "web_config_file", "address_mask", "networks")
+_DURATION_RE = re.compile(r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
+_DURATION_MAX = 2**31 - 1
+
+_TOP_KEYS = ("listen", "metrics_path", "log_level", "max_series", "series_ttl", "labels", "actions",
+             "groups", "web_config_file", "address_mask", "networks")
 _GROUP_KEYS = ("group", "qthresh", "timeout", "nlbuf", "copy_range", "rcvbuf", "rcvbuf_max",
                "labels")
 _ACTION_KEYS = ("match", "action")
@@ -130,6 +133,11 @@ class Config:
     metrics_path: str = "/metrics"
     log_level: str = "info"
     max_series: int = 10000
+    # Seconds without a record before a label set's series ends (0: never). 15 minutes: 3 times
+    # Prometheus's 5-minute lookback and longer than the usual rate()/increase() windows, so a
+    # pause of a few scrapes does not end a series, while a budget filled by a scan is back within
+    # a quarter of an hour even when nothing displaces it.
+    series_ttl: int = 900
     labels: tuple[str, ...] = DEFAULT_LABELS
     actions: tuple[ActionRule, ...] = DEFAULT_ACTIONS
     groups: tuple[GroupConfig, ...] = (GroupConfig(group=0),)
@@ -286,6 +294,20 @@ class _Reader(NodeReader):
         self.check_range(node, where, value, lo, hi)
         return float(value)
 
+    def duration(self, node: Node, where: str) -> int:
+        """Whole seconds: an integer, or Prometheus-style units such as "90s", "15m", "1h30m"."""
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "int":
+            return self.integer(node, where, 0, _DURATION_MAX)
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "str" \
+                and _DURATION_RE.fullmatch(node.value) and node.value:
+            m = _DURATION_RE.fullmatch(node.value)
+            assert m is not None
+            value = sum(int(n or 0) * unit for n, unit in zip(m.groups(), (86400, 3600, 60, 1)))
+            self.check_range(node, where, value, 0, _DURATION_MAX)
+            return value
+        raise self.error(node, f"{where}: expected seconds or a duration such as 15m, 1h or 90s, "
+                               f"got {_describe(node)}")
+
     def check_range(self, node: Node, where: str, value: Any, lo: Any, hi: Any) -> None:
         # Written as "not (lo <= value <= hi)" so that .nan fails too.
         if hi is None:
@@ -313,6 +335,8 @@ class _Reader(NodeReader):
             kw["log_level"] = self.log_level(keys["log_level"][1])
         if "max_series" in keys:
             kw["max_series"] = self.integer(keys["max_series"][1], "max_series", 1, None)
+        if "series_ttl" in keys:
+            kw["series_ttl"] = self.duration(keys["series_ttl"][1], "series_ttl")
         if "labels" in keys:
             kw["labels"] = self.labels(keys["labels"][1])
         if "actions" in keys:

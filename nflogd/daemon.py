@@ -97,7 +97,7 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, group_cfg: GroupConfig, cfg: Config) -> GroupWorker:
-        return GroupWorker(group_cfg, cfg.key_spec, self.budget)
+        return GroupWorker(group_cfg, cfg.key_spec, self.budget, cfg.series_ttl)
 
     def _bind_all(self, cfg: Config) -> list[str]:
         """Create and bind a worker per group; returns the errors of groups that did not bind."""
@@ -239,7 +239,8 @@ class Daemon:
             w = self.workers.get(group)
             if w is not None:
                 w.reconfigure(group_cfg)  # in place: the group stays bound, nothing is lost
-                w.relabel(spec)
+                w.relabel(spec)  # fields only: atomic, the old rows' counts move to the remainder
+                w.set_series_ttl(cfg.series_ttl)
                 continue
             w = self._new_worker(group_cfg, cfg)
             try:
@@ -254,7 +255,7 @@ class Daemon:
         w = self.workers.pop(group)
         w.stop()
         w.join(2.0)
-        self._retired_overflow += w.aggregator.overflow[0]
+        self._retired_overflow += w.aggregator.churn[3]  # records that arrived in its remainder
         w.aggregator.clear()  # its keys go back to the shared budget now, not at collection
         log.info("group %d: removed", group)
 

@@ -2,8 +2,9 @@
 
 The thread spends its life inside ``Nflog.aggregate`` with the GIL released. It owns the group's
 Aggregator for its whole life, so the counters keep counting across socket restarts and reloads
-that only change socket settings. Loss seen in sequence gaps doubles the receive buffer, up to the
-configured maximum, as ulogd2 does on ENOBUFS.
+(a change of labels re-keys it in place, see relabel()). Between two aggregate() calls it ticks the
+Aggregator: the series budget's clock and its once-a-second sweep. Loss seen in sequence gaps
+doubles the receive buffer, up to the configured maximum, as ulogd2 does on ENOBUFS.
 
 Failures, and what each costs:
 - A failed read of a socket that still works (EIO or ENOMEM from recvfrom, EINVAL from poll, ...)
@@ -119,10 +120,12 @@ _NO_HANDLE = _NoHandle()
 class GroupWorker(threading.Thread):
     """Reads one group into its Aggregator until stop() is called."""
 
-    def __init__(self, cfg: GroupConfig, spec: KeySpec, budget: nflog.SeriesBudget) -> None:
+    def __init__(self, cfg: GroupConfig, spec: KeySpec, budget: nflog.SeriesBudget,
+                 series_ttl: int = 0) -> None:
         super().__init__(name=f"nflog-group-{cfg.group}", daemon=True)
         self.cfg = cfg
         self._budget = budget
+        self._series_ttl = series_ttl
         # One tuple, replaced in one assignment, so a reader never pairs a spec with another's
         # aggregator.
         self._current: tuple[KeySpec, nflog.Aggregator] = (spec, self._new_aggregator(spec))
@@ -176,8 +179,22 @@ class GroupWorker(threading.Thread):
                 h.close()  # wakes aggregate(); the loop binds again with the new settings
 
     def relabel(self, spec: KeySpec) -> None:
-        """Count by another key from now on; the worker swaps its Aggregator between two reads."""
-        self._next_spec = spec
+        """Count by another key from now on. Other fields alone: in place, atomic in C under the
+        table's lock (what the rows counted moves into the group's remainder, so no record is
+        ever in no series). Another address_mask or networks: the worker swaps its Aggregator
+        between two reads (records of the old one's window are then not carried over)."""
+        old_spec, agg = self._current
+        if spec == old_spec:
+            return
+        if (spec.address_mask, spec.networks) == (old_spec.address_mask, old_spec.networks):
+            agg.relabel(spec.fields)
+            self._current = (spec, agg)
+        else:
+            self._next_spec = spec
+
+    def set_series_ttl(self, seconds: int) -> None:
+        self._series_ttl = seconds
+        self.aggregator.set_policy(ttl=seconds)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -196,6 +213,9 @@ class GroupWorker(threading.Thread):
     def snapshot(self) -> WorkerSnapshot:
         """The record counters now, frozen, with the spec they were counted by."""
         (spec, agg), cfg = self._current, self.cfg
+        # Counts: rows and remainder copied at one instant (their sum is everything received),
+        # with the fields they were keyed by (a relabel in place may have changed them since
+        # _current was read: the collector then shows the whole count in the remainder).
         return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
                               rows=(counts := agg.counts()), overflow=counts.overflow)
 
@@ -272,7 +292,8 @@ class GroupWorker(threading.Thread):
 
     def _new_aggregator(self, spec: KeySpec) -> nflog.Aggregator:
         return nflog.Aggregator(spec.fields, max_keys=NO_KEY_LIMIT, budget=self._budget,
-                                address_mask=spec.address_mask, networks=spec.networks)
+                                address_mask=spec.address_mask, networks=spec.networks,
+                                ttl=self._series_ttl)
 
     def _swap_aggregator(self) -> None:
         """Called by the worker thread only, between two aggregate() calls, so no record is
@@ -288,6 +309,7 @@ class GroupWorker(threading.Thread):
         while not self._stop_event.is_set():
             self._heartbeat = time.monotonic()
             self._swap_aggregator()
+            self.aggregator.tick()
             h = self._nflog
             if h is None or h.closed:
                 if h is not None:
@@ -358,6 +380,7 @@ class GroupWorker(threading.Thread):
                 self._read_streak = 0
             self._heartbeat = time.monotonic()
             self._swap_aggregator()
+            self.aggregator.tick()  # the budget's clock and sweep: once a call, not per record
             if h.lost != lost_seen:
                 lost_seen = h.lost
                 self._grow_rcvbuf(h)

@@ -545,3 +545,18 @@ def test_relative_config_path_in_message(tmp_path: Path, monkeypatch: pytest.Mon
         load_config("rel.yaml")
     assert str(info.value).startswith("rel.yaml:1:13: max_series:")
     assert os.path.isabs(load_config(write(tmp_path, "web_config_file: w.yml\n")).web_config_file)
+
+
+def test_series_ttl_takes_seconds_or_a_duration(tmp_path: Path) -> None:
+    assert load(tmp_path, "").series_ttl == 900  # 15 minutes by default
+    for text, seconds in (("0", 0), ("90", 90), ("90s", 90), ("15m", 900), ("1h30m", 5400),
+                          ("2d", 172800), ("'10m'", 600)):
+        assert load(tmp_path, f"series_ttl: {text}\n").series_ttl == seconds, text
+    error(tmp_path, "\nseries_ttl: 15 minutes\n", 2,
+          "series_ttl: expected seconds or a duration such as 15m, 1h or 90s, got a string")
+    error(tmp_path, "series_ttl: ''\n", 1, "series_ttl: expected seconds or a duration")
+    error(tmp_path, "series_ttl: 1.5\n", 1, "series_ttl: expected seconds or a duration")
+    error(tmp_path, "series_ttl: true\n", 1, "series_ttl: expected seconds or a duration")
+    error(tmp_path, "series_ttl: -1\n", 1, "series_ttl: -1 is out of range 0-2147483647")
+    error(tmp_path, "series_ttl: 99999d\n", 1, "series_ttl: 99999d is out of range 0-2147483647")
+    error(tmp_path, "series_ttl: 5m1h\n", 1, "series_ttl: expected seconds or a duration")

@@ -161,8 +161,11 @@ def test_collector_renders_snapshots_merging_rows_with_the_same_labels(tmp_path:
         'icmp_type="echo-request",site="x"} 3' in text
     assert 'nflog_bytes_total{group="4",saddr="__overflow__",dport="__overflow__",' \
         'icmp_type="__overflow__",site="x"} 500' in text
-    # A snapshot keyed by another spec (a reload in flight) is not rendered under these labels.
+    # A snapshot keyed by another spec (a reload in flight): its rows cannot be named under
+    # these labels, so the group's whole count shows in its remainder series (nothing lost).
     other = WorkerSnapshot(group=4, group_config=g, spec=labels.KeySpec(("group",)),
-                           rows=(((4,), 1, 1),), overflow=(0, 0))
+                           rows=(((4,), 1, 1),), overflow=(2, 20))
     text = RecordCounters(Names()).render(cfg, [other]).decode()  # type: ignore[arg-type]
-    assert "nflog_packets_total{" not in text
+    assert text.count("nflog_packets_total{") == 1
+    assert 'nflog_packets_total{group="4",saddr="__overflow__",dport="__overflow__",' \
+        'icmp_type="__overflow__",site="x"} 3' in text

@@ -35,6 +35,7 @@ SPEC_METRICS = {
     "nflogd_last_message_timestamp_seconds", "nflogd_group_bound", "nflogd_worker_restarts_total",
     "nflogd_receive_errors_total", "nflogd_group_unbound_seconds_total",
     "nflogd_series", "nflogd_series_limit", "nflogd_series_overflow_records_total",
+    "nflogd_series_admitted_total", "nflogd_series_expired_total", "nflogd_series_displaced_total",
     "nflogd_config_last_reload_successful", "nflogd_config_last_reload_success_timestamp_seconds",
     "nflogd_build_info",
 }
@@ -237,6 +238,7 @@ def test_rule_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
         for case in t.get("alert_rule_test", []):
             (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
     assert alerts == {"NflogdFirewallDropRateHigh", "NflogdMessagesLost", "NflogdSeriesLimitReached",
+                      "NflogdSeriesChurnHigh",
                       "NflogdConfigReloadFailed", "NflogdGroupNotBound", "NflogdRecordsUncounted",
                       "NflogdDown", "NflogdPortScan"}
     assert alerts - fired == set(), "alerts never shown firing"
