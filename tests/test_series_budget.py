@@ -53,7 +53,8 @@ def flood_rules(ns: Netns, group: int = 10) -> None:
           chain out {{
             type filter hook output priority 0;
             udp dport 6000 meta mark set 4000000000 counter log group {group} comment "steady"
-            udp dport 6001 meta mark set numgen inc mod 1000000000 offset 1 counter log group {group} comment "flood"
+            udp dport 6001 meta mark set numgen inc mod 1000000000 offset 1 \
+                counter log group {group} comment "flood"
             udp dport 6002 meta mark set 1 counter log group {group} comment "m1"
             udp dport 6003 meta mark set 2 counter log group {group} comment "m2"
             udp dport 6004 meta mark set 3 counter log group {group} comment "m3"
