@@ -677,6 +677,28 @@ static PyObject *aggregator_relabel(AggregatorObject *self, PyObject *fields)
 	Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(add_remainder_doc,
+"add_remainder($self, packets, nbytes, /)\n--\n\n"
+"Add counts to the remainder (the overflow) without a record: what another aggregator counted\n"
+"when it is replaced by this one, so the group's sum carries over and never goes down.");
+
+static PyObject *aggregator_add_remainder(AggregatorObject *self, PyObject *args)
+{
+	unsigned long long packets, nbytes;
+
+	if (check_ready(self) < 0)
+		return NULL;
+	if (!PyArg_ParseTuple(args, "KK:add_remainder", &packets, &nbytes))
+		return NULL;
+	Py_BEGIN_ALLOW_THREADS
+	pthread_mutex_lock(&self->t.lock);
+	self->t.overflow_packets += packets;
+	self->t.overflow_bytes += nbytes;
+	pthread_mutex_unlock(&self->t.lock);
+	Py_END_ALLOW_THREADS
+	Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(clear_doc,
 "clear($self, /)\n--\n\n"
 "Forget every key and counter (returning the keys to the budget).");
@@ -810,6 +832,7 @@ static PyMethodDef aggregator_methods[] = {
 	{"read", (PyCFunction)aggregator_read, METH_NOARGS, read_doc},
 	{"tick", (PyCFunction)(void (*)(void))aggregator_tick, METH_VARARGS | METH_KEYWORDS, tick_doc},
 	{"relabel", (PyCFunction)aggregator_relabel, METH_O, relabel_doc},
+	{"add_remainder", (PyCFunction)aggregator_add_remainder, METH_VARARGS, add_remainder_doc},
 	{"set_policy", (PyCFunction)(void (*)(void))aggregator_set_policy, METH_VARARGS | METH_KEYWORDS,
 	 set_policy_doc},
 	{NULL, NULL, 0, NULL},

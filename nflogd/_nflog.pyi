@@ -230,6 +230,10 @@ class Aggregator:
         (the overflow), so no record is lost and no sum goes down; records folded after it use
         the new key. The same fields in another order keep the rows (their keys are only
         reordered)."""
+    def add_remainder(self, packets: int, nbytes: int, /) -> None:
+        """Add counts to the remainder (the overflow) without a record: what another aggregator
+        counted when it is replaced by this one, so the group's sum carries over and never goes
+        down."""
     def set_policy(self, *, ttl: int | None = None, min_residency: int | None = None,
                    admit_rate: int | None = None, decay: int | None = None) -> None:
         """Change the budget policy (None keeps a value); the rows stay."""

@@ -182,7 +182,7 @@ class GroupWorker(threading.Thread):
         """Count by another key from now on. Other fields alone: in place, atomic in C under the
         table's lock (what the rows counted moves into the group's remainder, so no record is
         ever in no series). Another address_mask or networks: the worker swaps its Aggregator
-        between two reads (records of the old one's window are then not carried over)."""
+        between two reads, carrying the old one's counts into the new one's remainder."""
         old_spec, agg = self._current
         if spec == old_spec:
             return
@@ -300,9 +300,14 @@ class GroupWorker(threading.Thread):
         folded into an aggregator that is already gone."""
         spec, self._next_spec = self._next_spec, None
         if spec is not None and spec != self.spec:
-            old = self.aggregator
-            old.clear()  # its keys go back to the shared budget first
-            self._current = (spec, self._new_aggregator(spec))
+            old, new = self.aggregator, self._new_aggregator(spec)
+            # Nothing folds into `old` now (this thread is the only folder): what it counted goes
+            # on in the new one's remainder, published before `old` empties, so no scrape sees
+            # the group's sum go down.
+            counts = nflog.Counts(old)  # rows and remainder at one instant
+            new.add_remainder(counts.sum[0] + counts.overflow[0], counts.sum[1] + counts.overflow[1])
+            self._current = (spec, new)
+            old.clear()  # its keys go back to the shared budget
 
     def run(self) -> None:
         bind_retry = 0.0  # the first attempt to bind again is immediate

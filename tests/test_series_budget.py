@@ -251,6 +251,39 @@ def test_relabelling_during_a_flood_loses_nothing(make_netns, start_daemon) -> N
           f"{mono.scrapes} scrapes checked")
 
 
+def test_reloads_changing_address_mask_and_networks_during_a_flood_lose_nothing(
+        make_netns, start_daemon) -> None:
+    """The same fields keyed another way (another address_mask, other networks) need a new
+    aggregator: what the old one counted goes on in the new one's remainder, so every scrape's
+    sum only grows and the final sum is the nft counter exactly."""
+    ns = make_netns("maskflood")
+    flood_rules(ns)
+    nets = ("networks:\n  - {name: lo, cidr: 127.0.0.0/8}\n",
+            "networks:\n  - {name: host, cidr: 127.0.0.1/32}\n")
+    configs = (f"address_mask: {{ipv4: 32}}\n{nets[0]}", f"address_mask: {{ipv4: 24}}\n{nets[0]}",
+               f"address_mask: {{ipv4: 24}}\n{nets[1]}", f"address_mask: {{ipv4: 8}}\n{nets[1]}",
+               f"address_mask: {{ipv4: 16}}\n{nets[0]}")
+    base = ("labels: [group, saddr, src_net]\nmax_series: 500\n"
+            "groups:\n  - {group: 10, timeout: 0.1}\n")
+    d = start_daemon(ns, base + configs[0])
+    mono = Monotone()
+    sender = ns.popen([SYSTEM_PYTHON, "-c", _SENDER, "3000000", "9", "6001", "6002", "10"])
+    try:
+        for extra in configs[1:]:
+            time.sleep(0.3)
+            d.write_config(base + extra)
+            d.send(signal.SIGHUP)
+            for _ in range(4):
+                mono.check(d, ns)
+                time.sleep(0.05)
+            assert sender.poll() is None, "the flood ended before the reloads did: make it longer"
+    finally:
+        sender.wait(120)
+    s = mono.settle(d, ns)
+    assert s.value("nflogd_config_last_reload_successful") == 1
+    assert ("127.0.0.0/16", "lo") in {(lb["saddr"], lb["src_net"]) for lb, _ in s.series(PACKETS)}
+
+
 def test_a_storm_of_relabelling_reloads_during_a_flood_loses_nothing(make_netns,
                                                                     start_daemon) -> None:
     """120 reloads, 20 a second, cycling through label sets (one with the same fields reordered,
