@@ -395,17 +395,31 @@ static bool reserve_key(struct agg_table *t)
 	return false;
 }
 
+#define SLOT_TAG_MASK 0xffffffff00000000ull
+
+/* The slot naming entry `index` (0-based), whose key hashes to h. */
+static inline uint64_t slot_make(uint64_t h, size_t index)
+{
+	return (h & SLOT_TAG_MASK) | (uint32_t)(index + 1);
+}
+
+/* The entry a non-empty slot names. */
+static inline size_t slot_index(uint64_t slot)
+{
+	return (uint32_t)slot - 1;
+}
+
 static int grow_slots(struct agg_table *t)
 {
 	size_t n = t->nslots * 2, mask = n - 1;
-	uint32_t *slots = calloc(n, sizeof(*slots));
+	uint64_t *slots = calloc(n, sizeof(*slots));
 	if (!slots)
 		return -ENOMEM;
 	for (size_t i = 0; i < t->nentries; i++) {
 		size_t j = t->entries[i].hash & mask;
 		while (slots[j])
 			j = (j + 1) & mask;
-		slots[j] = (uint32_t)(i + 1);
+		slots[j] = slot_make(t->entries[i].hash, i);
 	}
 	free(t->slots);
 	t->slots = slots;
@@ -444,7 +458,7 @@ static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t
 	e->bytes = rec->ip_len;
 	e->recent = recent;
 	e->last_seen = e->admitted = t->now;
-	t->slots[j] = (uint32_t)++t->nentries;
+	t->slots[j] = slot_make(h, t->nentries++);
 	t->hot = t->nentries;
 	t->hot_serial = e->serial;
 	t->churn.admitted++;
@@ -454,7 +468,7 @@ static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t
 static size_t slot_of(const struct agg_table *t, size_t index)
 {
 	size_t mask = t->nslots - 1, j = t->entries[index].hash & mask;
-	while (t->slots[j] != index + 1)
+	while ((uint32_t)t->slots[j] != index + 1)
 		j = (j + 1) & mask;
 	return j;
 }
@@ -470,7 +484,7 @@ static void remove_entry(struct agg_table *t, size_t i)
 	/* Linear probing's backward-shift delete: no tombstones, so lookups stay one probe run. */
 	t->slots[j] = 0;
 	for (k = (j + 1) & mask; t->slots[k]; k = (k + 1) & mask) {
-		size_t ideal = t->entries[t->slots[k] - 1].hash & mask;
+		size_t ideal = t->entries[slot_index(t->slots[k])].hash & mask;
 		if (((k - ideal) & mask) >= ((k - j) & mask)) {
 			t->slots[j] = t->slots[k];
 			t->slots[k] = 0;
@@ -478,7 +492,7 @@ static void remove_entry(struct agg_table *t, size_t i)
 		}
 	}
 	if (i != last) {
-		t->slots[slot_of(t, last)] = (uint32_t)(i + 1);
+		t->slots[slot_of(t, last)] = slot_make(t->entries[last].hash, i);
 		t->entries[i] = t->entries[last];
 		for (size_t v = 0; v < t->nvictims; v++)
 			if (t->victims[v].index == last)
@@ -606,13 +620,15 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 	}
 	h = key_hash(t, &key, rec->prefix);
 	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
-		struct agg_entry *e = &t->entries[t->slots[j] - 1];
+		if ((t->slots[j] & SLOT_TAG_MASK) != (h & SLOT_TAG_MASK))
+			continue;  /* another key: its entry need not be read */
+		struct agg_entry *e = &t->entries[slot_index(t->slots[j])];
 		if (e->hash == h && key_equal(t, &e->key, &key, rec->prefix)) {
 			e->packets++;
 			e->bytes += rec->ip_len;
 			e->recent++;
 			e->last_seen = t->now;
-			t->hot = t->slots[j];
+			t->hot = slot_index(t->slots[j]) + 1;
 			t->hot_serial = e->serial;
 			return;
 		}

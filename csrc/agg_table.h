@@ -151,7 +151,10 @@ struct agg_table {
 	size_t max_keys;
 	struct agg_budget *budget;  /* may be NULL */
 	struct agg_table *next_member;  /* in budget->members */
-	uint32_t *slots;            /* open addressing: index + 1 into entries; 0 = empty */
+	/* Open addressing. A slot is the key hash's high 32 bits (a tag) over index + 1 into entries
+	 * in its low 32 bits; 0 = empty. A lookup compares tags first, so a miss (every record of a
+	 * random-source flood) reads only this array, not the entries it would pass over. */
+	uint64_t *slots;
 	size_t nslots;              /* power of two */
 	struct agg_entry *entries;  /* dense, in insertion order */
 	size_t nentries, capacity;

@@ -5,7 +5,8 @@
  * Checked after every fold and tick (the model keeps, per key, the records since its admission):
  * - the sum over rows plus the remainder equals every packet and byte folded, and the remainder
  *   never decreases; every row's count equals its key's records since admission, exactly;
- * - the slots index exactly the rows (no lost or duplicate key after backward-shift deletes);
+ * - the slots index exactly the rows, each tagged with its row's hash (no lost or duplicate key
+ *   after backward-shift deletes);
  * - rows never exceed the budget; the shared budget's `used` equals the rows held;
  * - displacements per second stay within admit_rate; a row expires at the first sweep more
  *   than ttl seconds after its last record's stamp, never before.
@@ -136,16 +137,19 @@ static void verify(struct model *m)
 	      (unsigned long long)m->bytes);
 	for (size_t j = 0; j < t->nslots; j++)
 		if (t->slots[j]) {
-			CHECK(t->slots[j] <= t->nentries, "slot %zu -> %u past %zu rows", j, t->slots[j],
-			      t->nentries);
+			uint32_t index1 = (uint32_t)t->slots[j];
+			CHECK(index1 >= 1 && index1 <= t->nentries, "slot %zu -> %u past %zu rows", j,
+			      index1, t->nentries);
+			CHECK(t->slots[j] >> 32 == t->entries[index1 - 1].hash >> 32,
+			      "slot %zu: tag is not row %u's hash", j, index1 - 1);
 			used++;
 		}
 	CHECK(used == t->nentries, "%zu slots for %zu rows", used, t->nentries);
 	for (size_t i = 0; i < t->nentries; i++) {
 		size_t mask = t->nslots - 1, j = t->entries[i].hash & mask;
-		while (t->slots[j] && t->slots[j] != i + 1)
+		while (t->slots[j] && (uint32_t)t->slots[j] != i + 1)
 			j = (j + 1) & mask;
-		CHECK(t->slots[j] == i + 1, "row %zu not reachable from its hash", i);
+		CHECK((uint32_t)t->slots[j] == i + 1, "row %zu not reachable from its hash", i);
 	}
 	checks++;
 }
