@@ -148,13 +148,15 @@ def scrape(cfg: dict[str, Any]) -> None:
 
 # --- the attacks -----------------------------------------------------------------------------------
 
-def _partial_hello() -> bytes:
+def partial_client_hello() -> bytes:
+    """The first half of a real TLS ClientHello."""
     ctx = ssl.create_default_context()
     bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(bio_in, bio_out, server_hostname="localhost")
     with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
     hello = bio_out.read()
+    assert hello[:1] == b"\x16"
     return hello[: len(hello) // 2]
 
 
@@ -202,7 +204,7 @@ async def attack(cfg: dict[str, Any]) -> None:
     async def half_tls() -> None:  # half a ClientHello, reconnect when closed
         r, w = await _open(port)
         writers.append(w)
-        w.write(_partial_hello())
+        w.write(partial_client_hello())
         await _until_closed(r, end)
         w.close()
 
@@ -243,7 +245,7 @@ async def attack(cfg: dict[str, Any]) -> None:
     bodies = {"pipeline": pipeline, "half_tls": half_tls, "idle": idle, "slowloris": slowloris,
               "wrong_password": wrong_password}
     if kind == "burst":  # 200 idle TCP and 20 half-open TLS at once, held
-        hello = _partial_hello()
+        hello = partial_client_hello()
         opened = await asyncio.gather(*[_open(port) for _ in range(220)], return_exceptions=True)
         for i, o in enumerate(opened):
             if isinstance(o, tuple):

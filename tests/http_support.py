@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from http_attack_tools import partial_client_hello  # noqa: F401  (re-exported for the tests)
 from nflogd.http import Limits, MetricsServer
 from nflogd.webconfig import load_web_config
 
@@ -164,18 +165,6 @@ def htpasswd(user: str, password: str, cost: int = 4) -> str:
     out = subprocess.run(["htpasswd", "-nbB", "-C", str(cost), user, password], check=True,
                          capture_output=True, text=True, timeout=30).stdout.strip()
     return out.split(":", 1)[1]
-
-
-def partial_client_hello() -> bytes:
-    """The first half of a real TLS ClientHello."""
-    ctx = ssl.create_default_context()
-    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(bio_in, bio_out, server_hostname="localhost")
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    hello = bio_out.read()
-    assert hello[:1] == b"\x16"
-    return hello[: len(hello) // 2]
 
 
 def _raise_nofile(n: int) -> None:
