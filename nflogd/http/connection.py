@@ -290,7 +290,7 @@ class Connection(asyncio.Protocol):
         fields = resp.head_fields(ctx.policy.headers)
         if close:
             fields.append(("Connection", "close"))
-        body = memoryview(resp.body) if req.method != b"HEAD" else memoryview(b"")
+        body = resp.body if req.method != b"HEAD" else b""
         armed = False
         try:
             transport.write(self._h11.send(h11.Response(
