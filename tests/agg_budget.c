@@ -22,16 +22,7 @@
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
 #include "agg_table.h"
-
-#define CHECK(cond, ...)                                                                      \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			fprintf(stderr, "%s:%d: %s: ", __FILE__, __LINE__, #cond);           \
-			fprintf(stderr, __VA_ARGS__);                                         \
-			fputc('\n', stderr);                                                  \
-			abort();                                                              \
-		}                                                                             \
-	} while (0)
+#include "check.h"
 
 #define NKEYS 300000u
 

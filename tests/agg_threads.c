@@ -14,20 +14,11 @@
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
 #include "agg_table.h"
+#include "check.h"
 
 #define NTABLES 4
 #define RECORDS 1500000u
 #define PER_SECOND 15000u
-
-#define CHECK(cond, ...)                                                                      \
-	do {                                                                                  \
-		if (!(cond)) {                                                                \
-			fprintf(stderr, "%s:%d: %s: ", __FILE__, __LINE__, #cond);           \
-			fprintf(stderr, __VA_ARGS__);                                         \
-			fputc('\n', stderr);                                                  \
-			abort();                                                              \
-		}                                                                             \
-	} while (0)
 
 static struct agg_budget budget;
 static struct agg_table tables[NTABLES];
