@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from test_systemd_boot import SYSTEMD, Booted, require_tools
+from test_systemd_boot import SYSTEMD, Booted, opt_dir, require_tools
 
 import nflogd
 from netns import Netns, require_tool
@@ -91,13 +89,7 @@ class DebBooted(Booted):
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """Under /opt (world-readable: apt's sandbox user _apt reads the .deb from here)."""
-    require_tools()
-    root = Path(tempfile.mkdtemp(prefix="nflogd-debtest-", dir="/opt"))
-    try:
-        root.chmod(0o755)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from opt_dir("nflogd-debtest-")
 
 
 def deb_version() -> str:

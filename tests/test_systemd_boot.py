@@ -216,16 +216,22 @@ class Booted:
                     time.sleep(0.1)
 
 
-@pytest.fixture
-def install_root() -> Iterator[Path]:
-    """An install prefix under /opt (world-readable, unlike /root), deleted afterwards."""
+def opt_dir(prefix: str) -> Iterator[Path]:
+    """A new folder under /opt (world-readable, unlike /root, so a DynamicUser service or apt's
+    _apt user can read it), deleted afterwards; for fixtures to yield from."""
     require_tools()
-    root = Path(tempfile.mkdtemp(prefix="nflogd-systest-", dir="/opt"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/opt"))
     try:
         root.chmod(0o755)
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def install_root() -> Iterator[Path]:
+    """An install prefix under /opt, deleted afterwards."""
+    yield from opt_dir("nflogd-systest-")
 
 
 @pytest.fixture
