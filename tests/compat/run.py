@@ -164,7 +164,19 @@ for op in json.loads(sys.argv[1]):
         s.settimeout(5)
         try:
             s.connect((dst, op[2]))
-            s.sendall(b"hello " * op[3])
+            got = b""
+            while got != b"hi":  # the server has accepted: our packets find its socket and uid
+                more = s.recv(2 - len(got))
+                if not more:
+                    raise SystemExit("the server closed before its greeting")
+                got += more
+            s.sendall(b"hello " * op[3] + b"end\n")
+            got = b""
+            while not got.endswith(b"ok"):  # the server holds the socket open until our FIN
+                more = s.recv(4096)
+                if not more:
+                    raise SystemExit("the server closed before its ok")
+                got += more
             s.shutdown(socket.SHUT_WR)
             while s.recv(4096):
                 pass
@@ -184,6 +196,10 @@ for op in json.loads(sys.argv[1]):
         s.close()
 """
 
+# A TCP packet carries its socket's uid only once accept() has given the socket a file, and the
+# kernel logs group 1 and group 2 in two calls: an accept() between them gave one group a uid and
+# the other none (a CI failure). So the server greets after accept() and closes only after the
+# client's FIN, and the client sends only after the greeting: no packet races accept() or close().
 SERVER = r"""
 import socket
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -193,9 +209,17 @@ s.bind(("::", 5005)); s.listen(16)
 print("listening", flush=True)
 while True:
     c, _ = s.accept()
+    c.sendall(b"hi")
+    got = b""
+    while not got.endswith(b"end\n"):
+        more = c.recv(4096)
+        if not more:
+            break
+        got += more
+    c.sendall(b"ok")
     while c.recv(4096):
         pass
-    c.sendall(b"ok"); c.close()
+    c.close()
 """
 
 PLAN = [
