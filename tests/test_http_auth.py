@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import statistics
 import time
 from pathlib import Path
 
@@ -72,13 +71,17 @@ def test_basic_auth_cache_and_unknown_user_cost(tmp_path: Path, monkeypatch: pyt
         first = timed("alice", "pw")
         cached = [timed("alice", "pw") for _ in range(5)]
         assert len(calls) == 1  # successes are cached: one bcrypt for six scrapes
-        wrong = [timed("alice", "nope") for _ in range(4)]
-        unknown = [timed("nobody", "nope") for _ in range(4)]
-        assert len(calls) == 9  # failures are never cached
+        # interleaved, and the fastest of each compared: a load spike on this shared machine
+        # slows one request, not all six of one kind (medians of four flaked once at 0.47)
+        wrong, unknown = [], []
+        for _ in range(6):
+            wrong.append(timed("alice", "nope"))
+            unknown.append(timed("nobody", "nope"))
+        assert len(calls) == 13  # failures are never cached
         # an unknown user is checked against a dummy hash of the same cost
         assert calls[-1][4:7] == b"10$" and calls[-1] != calls[0]
-        ratio = statistics.median(unknown) / statistics.median(wrong)
-        assert 0.5 < ratio < 2.0, (unknown, wrong)  # generous: the machine is shared
+        ratio = min(unknown) / min(wrong)
+        assert 0.5 < ratio < 2.0, (unknown, wrong)
         assert max(cached) < first / 2
 
 
@@ -125,9 +128,11 @@ def test_start_and_reload_do_not_wait_for_the_dummy_hash(tmp_path: Path) -> None
         reloaded = time.monotonic() - t1
         assert http_get(srv.address[1]).status == 401  # no credentials: no bcrypt needed
         t2 = time.monotonic()
-    assert time.monotonic() - t2 < 0.5  # stop() does not wait for the bcrypt thread either
-    assert started < 0.3 and answered < 0.5 and reloaded < 0.1, (started, answered, reloaded,
-                                                                  one_hash)
+    # stop() does not wait for the bcrypt thread either
+    assert time.monotonic() - t2 < one_hash / 2
+    # against the cost of one hash, not a fixed time: the machine is shared
+    assert max(started, answered, reloaded) < one_hash / 2, (started, answered, reloaded,
+                                                              one_hash)
 
 
 def test_unknown_user_gets_401_on_every_start(tmp_path: Path) -> None:
