@@ -208,7 +208,8 @@ def test_stop_is_prompt_with_clients_holding_connections(pki: Path, tmp_path: Pa
         time.sleep(0.1)
         t0 = time.monotonic()
         srv.stop()
-        assert time.monotonic() - t0 < 0.5
+        # far below the 5 s handshake and 30 s idle timeouts it would wait for if it waited
+        assert time.monotonic() - t0 < 2.0
         for s in (idle, half):
             s.settimeout(2)
             assert s.recv(100) == b""  # the server closed its side

@@ -99,7 +99,9 @@ def test_configure_does_not_wait_for_a_reader_blocked_in_aggregate() -> None:
             assert t.is_alive()
             t0 = time.monotonic()
             h.configure(qthresh=2, timeout=0.05, copyrange=64)
-            assert time.monotonic() - t0 < 0.2, "configure() waited for the reader"
+            # the reader waits with no timeout until the packets below: waiting for it would
+            # never end (hang_guard), so any bound proves it; a loose one does not flake
+            assert time.monotonic() - t0 < 2.0, "configure() waited for the reader"
             ns.send_udp("127.0.0.1", 7600, 2, 10)
             t.join(5)
             assert not t.is_alive() and folded == [2]
