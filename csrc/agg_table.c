@@ -113,19 +113,28 @@ static uint64_t key_hash(const struct agg_table *t, const struct agg_key *k, con
 	return mum(h ^ s[10], small ^ s[11]) | 1;  /* never 0: a zeroed entry can't match by accident */
 }
 
+/* n bytes of a and b equal? Words read with overlapping loads inside the n bytes, as in
+ * hash_bytes: no call to memcmp for the few bytes of a typical prefix. */
+static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
+{
+	if (n >= 8) {
+		uint64_t d = 0;
+		size_t i;
+		for (i = 0; i + 8 <= n; i += 8)
+			d |= load64(a + i) ^ load64(b + i);
+		return !(d | (load64(a + n - 8) ^ load64(b + n - 8)));
+	}
+	if (n >= 4)
+		return !((load32(a) ^ load32(b)) | (load32(a + n - 4) ^ load32(b + n - 4)));
+	return !n || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
+}
+
 static inline bool key_equal(const struct agg_table *t, const struct agg_key *e,
 			     const struct agg_key *k, const uint8_t *prefix)
 {
-	uint64_t d = (uint64_t)(e->indev ^ k->indev) | (e->outdev ^ k->outdev) |
-		     (e->physindev ^ k->physindev) | (e->physoutdev ^ k->physoutdev) |
-		     (e->uid ^ k->uid) | (e->gid ^ k->gid) | (e->mark ^ k->mark) |
-		     (uint32_t)(e->group ^ k->group) | (uint32_t)(e->hwproto ^ k->hwproto) |
-		     (uint32_t)(e->family ^ k->family) | (uint32_t)(e->proto ^ k->proto) |
-		     (uint32_t)(e->hook ^ k->hook) | (uint32_t)(e->flags ^ k->flags) |
-		     (uint32_t)(e->prefix_len ^ k->prefix_len);
-	if (d)
-		return false;
-	if (t->payload) {
+	uint64_t d;
+
+	if (t->payload) {  /* first: addresses and ports are where a many-source flood's keys differ */
 		const struct agg_pkey *a = &e->pk, *b = &k->pk;
 		d = (uint32_t)(a->addr_family ^ b->addr_family) | (uint32_t)(a->icmp_type ^ b->icmp_type) |
 		    (uint32_t)(a->tcp_flags ^ b->tcp_flags) | (uint32_t)(a->ct_state ^ b->ct_state) |
@@ -136,7 +145,14 @@ static inline bool key_equal(const struct agg_table *t, const struct agg_key *e,
 		if (d)
 			return false;
 	}
-	return !k->prefix_len || memcmp(e->prefix, prefix, k->prefix_len) == 0;  /* prefix may be NULL */
+	d = (uint64_t)(e->indev ^ k->indev) | (e->outdev ^ k->outdev) |
+		     (e->physindev ^ k->physindev) | (e->physoutdev ^ k->physoutdev) |
+		     (e->uid ^ k->uid) | (e->gid ^ k->gid) | (e->mark ^ k->mark) |
+		     (uint32_t)(e->group ^ k->group) | (uint32_t)(e->hwproto ^ k->hwproto) |
+		     (uint32_t)(e->family ^ k->family) | (uint32_t)(e->proto ^ k->proto) |
+		     (uint32_t)(e->hook ^ k->hook) | (uint32_t)(e->flags ^ k->flags) |
+		     (uint32_t)(e->prefix_len ^ k->prefix_len);
+	return !d && bytes_equal((const uint8_t *)e->prefix, prefix, k->prefix_len);  /* prefix may be NULL */
 }
 
 static void key_copy(const struct agg_table *t, struct agg_key *dst, const struct agg_key *src)
@@ -440,7 +456,7 @@ static int grow_entries(struct agg_table *t)
 
 /* A new entry for key, counting rec; the key is reserved already. -ENOMEM leaves the table as is. */
 static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
-			const struct nfd_record *rec, uint32_t recent)
+			uint32_t ip_len, uint32_t recent)
 {
 	size_t mask, j;
 
@@ -455,7 +471,7 @@ static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t
 	e->hash = h;
 	e->serial = ++t->last_serial;  /* a new key in this entry: readers' caches must not match */
 	e->packets = 1;
-	e->bytes = rec->ip_len;
+	e->bytes = ip_len;
 	e->recent = recent;
 	e->last_seen = e->admitted = t->now;
 	t->slots[j] = slot_make(h, t->nentries++);
@@ -578,8 +594,7 @@ static bool displace_elsewhere(struct agg_table *t, uint32_t est)
  * else another's sharing the budget) when its key is clearly heavier, else it counts in the
  * remainder. A displacement moves the victim's counts into its table's remainder and hands its
  * reserved key to the newcomer, so the count of held keys never changes on the way. */
-static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
-		     const struct nfd_record *rec)
+static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h, uint32_t ip_len)
 {
 	uint32_t est;
 
@@ -588,46 +603,47 @@ static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
 	if (t->policy.admit_rate && (est = sketch_add(t, h)) >= AGG_ADMIT_MIN && t->tokens &&
 	    est >= AGG_MARGIN * (t->sketch_total / AGG_SKETCH_WIDTH) &&
 	    (reserve_key(t) || displace_in(t, est) || displace_elsewhere(t, est))) {
-		if (insert_entry(t, key, h, rec, est) == 0) {
+		if (insert_entry(t, key, h, ip_len, est) == 0) {
 			t->tokens--;
 			return;
 		}
 		release_keys(t, 1);
 	}
 	t->overflow_packets++;
-	t->overflow_bytes += rec->ip_len;
+	t->overflow_bytes += ip_len;
 	t->churn.remainder_records++;
 }
 
-void agg_fold(struct agg_table *t, const struct nfd_record *rec)
+static inline void count_on(struct agg_table *t, struct agg_entry *e, uint32_t ip_len)
 {
-	struct agg_key key;
-	size_t mask = t->nslots - 1, j;
-	uint64_t h;
+	e->packets++;
+	e->bytes += ip_len;
+	e->recent++;
+	e->last_seen = t->now;
+}
 
-	t->records++;
-	key_build(t, rec, &key);
-	/* key.prefix holds prefix_len bytes of rec->prefix (none unless prefix is a field) */
-	if (t->hot && t->hot <= t->nentries) {
-		struct agg_entry *e = &t->entries[t->hot - 1];
-		if (e->serial == t->hot_serial && key_equal(t, &e->key, &key, rec->prefix)) {
-			e->packets++;
-			e->bytes += rec->ip_len;
-			e->recent++;
-			e->last_seen = t->now;
-			return;
-		}
-	}
-	h = key_hash(t, &key, rec->prefix);
+/* The hot entry (the previous record's), when it holds key k. */
+static inline struct agg_entry *hot_entry(struct agg_table *t, const struct agg_key *k,
+					  const uint8_t *prefix)
+{
+	if (!t->hot || t->hot > t->nentries)
+		return NULL;
+	struct agg_entry *e = &t->entries[t->hot - 1];
+	return e->serial == t->hot_serial && key_equal(t, &e->key, k, prefix) ? e : NULL;
+}
+
+/* Count one record of key k (hashed h) on its entry, else as a new key; the hot entry becomes
+ * the one counted on (t->hot 0: the remainder). */
+static void fold_key(struct agg_table *t, const struct agg_key *k, uint64_t h, uint32_t ip_len)
+{
+	size_t mask = t->nslots - 1, j;
+
 	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
 		if ((t->slots[j] & SLOT_TAG_MASK) != (h & SLOT_TAG_MASK))
 			continue;  /* another key: its entry need not be read */
 		struct agg_entry *e = &t->entries[slot_index(t->slots[j])];
-		if (e->hash == h && key_equal(t, &e->key, &key, rec->prefix)) {
-			e->packets++;
-			e->bytes += rec->ip_len;
-			e->recent++;
-			e->last_seen = t->now;
+		if (e->hash == h && key_equal(t, &e->key, k, (const uint8_t *)k->prefix)) {
+			count_on(t, e, ip_len);
 			t->hot = slot_index(t->slots[j]) + 1;
 			t->hot_serial = e->serial;
 			return;
@@ -638,7 +654,7 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 	bool pressed = t->policy.ttl && t->policy.admit_rate && t->now < t->pressure_until;
 	if (!pressed || t->fill_tokens) {
 		if (reserve_key(t)) {
-			if (insert_entry(t, &key, h, rec, 1) == 0) {
+			if (insert_entry(t, k, h, ip_len, 1) == 0) {
 				t->fill_tokens -= pressed;
 				return;
 			}
@@ -650,7 +666,95 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 		/* New keys come faster than admit_rate: the pressure goes on. */
 		t->pressure_until = t->now + AGG_PRESSURE_SECONDS;
 	}
-	no_entry(t, &key, h, rec);
+	t->hot = 0;  /* unless no_entry() gives it an entry, the next record must look again */
+	no_entry(t, k, h, ip_len);
+}
+
+void agg_fold(struct agg_table *t, const struct nfd_record *rec)
+{
+	struct agg_key key;
+	struct agg_entry *e;
+
+	t->records++;
+	key_build(t, rec, &key);
+	/* key.prefix holds prefix_len bytes of rec->prefix (none unless prefix is a field) */
+	if ((e = hot_entry(t, &key, rec->prefix))) {
+		count_on(t, e, rec->ip_len);
+		return;
+	}
+	fold_key(t, &key, key_hash(t, &key, rec->prefix), rec->ip_len);
+}
+
+/* ---- folding a datagram's records a few at a time -------------------------------------- */
+
+void agg_ahead_add(struct agg_table *t, struct agg_ahead *a, const struct nfd_record *rec)
+{
+	struct agg_pending *p = &a->p[a->n];
+
+	key_build(t, rec, &p->key);
+	p->ip_len = rec->ip_len;
+	/* Floods are runs of one key: the previous record's hash serves, no need to hash again. */
+	p->same = a->n && key_equal(t, &a->p[a->n - 1].key, &p->key, rec->prefix);
+	if (p->same) {
+		p->hash = a->p[a->n - 1].hash;
+	} else {
+		p->hash = key_hash(t, &p->key, rec->prefix);
+		__builtin_prefetch(&t->slots[p->hash & (t->nslots - 1)]);
+	}
+	if (++a->n == AGG_AHEAD)
+		agg_ahead_flush(t, a);
+}
+
+/* The entry a pending key's slot names, or the sketch counters it would add to when it has no
+ * entry (a full budget), fetched into the cache while the keys before it are folded. */
+static void prefetch_entry(const struct agg_table *t, const struct agg_pending *p)
+{
+	size_t mask = t->nslots - 1, j;
+	uint64_t tag = p->hash & SLOT_TAG_MASK;
+
+	for (j = p->hash & mask; t->slots[j]; j = (j + 1) & mask) {
+		if ((t->slots[j] & SLOT_TAG_MASK) == tag) {
+			/* key_equal reads the hash, the fixed key, pk and the prefix: three lines */
+			const char *e = (const char *)&t->entries[slot_index(t->slots[j])];
+			__builtin_prefetch(e);
+			__builtin_prefetch(e + 64);
+			__builtin_prefetch(e + 128);
+			return;
+		}
+	}
+	if (t->sketch) {
+		uint64_t bits = p->hash >> 16;
+		for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++, bits >>= AGG_SKETCH_BITS)
+			__builtin_prefetch(t->sketch + d * AGG_SKETCH_WIDTH +
+					   (bits & (AGG_SKETCH_WIDTH - 1)));
+	}
+}
+
+void agg_ahead_flush(struct agg_table *t, struct agg_ahead *a)
+{
+	unsigned n = a->n;
+
+	a->n = 0;
+	for (unsigned i = 0; i < n; i++)
+		if (!a->p[i].same)
+			prefetch_entry(t, &a->p[i]);
+	for (unsigned i = 0; i < n; i++) {
+		const struct agg_pending *p = &a->p[i];
+		struct agg_entry *e;
+		t->records++;
+		/* The hot entry is where the previous record went: the same key's record counts there
+		 * unless that entry moved since (its serial), the batch's first compares its key. */
+		if (p->same && t->hot && t->hot <= t->nentries &&
+		    t->entries[t->hot - 1].serial == t->hot_serial) {
+			count_on(t, &t->entries[t->hot - 1], p->ip_len);
+			continue;
+		}
+		if (i == 0 && (e = hot_entry(t, &p->key, (const uint8_t *)p->key.prefix))) {
+			count_on(t, e, p->ip_len);
+			continue;
+		}
+		fold_key(t, &p->key, p->hash, p->ip_len);
+	}
 }
 
 /* ---- the sweep, once per second at most ------------------------------------------------- */

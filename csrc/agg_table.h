@@ -187,6 +187,25 @@ void agg_destroy(struct agg_table *t);
 uint32_t agg_wanted_attrs(uint32_t fields);
 /* Count one record; the caller holds t->lock. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec);
+/* Folding a datagram a few records at a time: each record's key is built and hashed as it is
+ * parsed and its slot prefetched, and the batch's entries are prefetched before it is folded, so
+ * the cache misses of a many-source flood (a slot, then an entry, per record) overlap instead of
+ * stalling one by one. The same counts as agg_fold, record for record, in the same order. */
+#define AGG_AHEAD 16
+struct agg_pending {
+	uint64_t hash;
+	uint32_t ip_len;
+	bool same;                  /* the same key as the record before it in the batch */
+	struct agg_key key;
+};
+struct agg_ahead {
+	unsigned n;
+	struct agg_pending p[AGG_AHEAD];
+};
+/* Queue one record (rec's memory may go once this returns); a full batch is folded. */
+void agg_ahead_add(struct agg_table *t, struct agg_ahead *a, const struct nfd_record *rec);
+/* Fold what is queued. Before t->lock is released: queued records are not counted yet. */
+void agg_ahead_flush(struct agg_table *t, struct agg_ahead *a);
 /* Drop all keys (returning them to the budget) and zero every counter. */
 void agg_clear(struct agg_table *t);
 /* Read the coarse clock into t->now: once per datagram, by the reader (records are stamped with it). */

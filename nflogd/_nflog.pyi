@@ -357,9 +357,12 @@ class Nflog:
     def loop(self, fn: Callable[[NflogData], object], /, count: int = -1) -> None:
         """Call fn(data) for each record, count times (-1: until the handle is closed and the records
         queued before are done). An exception raised by fn stops the loop and propagates. Returns None."""
-    def aggregate(self, aggregator: Aggregator, /, timeout: float | None = None) -> int:
+    def aggregate(self, aggregator: Aggregator, /, timeout: float | None = None,
+                  linger: float = 0.0) -> int:
         """Wait up to timeout seconds (None: until data or close) for records, then drain what the socket
         holds (up to 256 datagrams) and fold every record into aggregator, all in C without the GIL.
+        With linger > 0, go on waiting for and folding more for up to linger seconds after the first
+        data (a steady flow then returns to Python a few times a second, not once per datagram).
         Returns the number of records folded (0 on timeout). Sequence gaps, truncated datagrams, decode
         errors and ENOBUFS are counted on the handle as in next()."""
     def configure(self, /, *, timeout: float | None = None, qthresh: int | None = None,

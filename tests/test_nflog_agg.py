@@ -7,11 +7,12 @@ a snapshot can be compared with one rule counter, exactly.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from netns import Netns, unused_uids, veth_pair
-from nflog_support import aggregate_until, open_in, require_root, rule_counts
+from nflog_support import aggregate_until, hang_guard, open_in, require_root, rule_counts
 from nflogd import nflog
 
 ALL_FIELDS = ("group", "prefix", "indev", "outdev", "physindev", "physoutdev", "uid", "gid",
@@ -265,6 +266,54 @@ def test_large_batches_are_counted_exactly_without_loss() -> None:
     # Counters only grow between snapshots.
     seen = [rows[0][1] for rows in snapshots if rows]
     assert seen == sorted(seen)
+
+
+def test_linger_folds_a_steady_flow_in_one_call_and_close_ends_it() -> None:
+    """aggregate(linger=L) goes on folding what comes for L seconds after the first data (the
+    daemon's worker turns a few times a second under a flood, not once a datagram); a
+    snapshot sees the records as they come, not when the call returns; close() ends it at once,
+    and what was folded stays folded."""
+    with Netns("agglinger") as ns, hang_guard(60):
+        ns.nft("""
+        table ip t {
+          chain out { type filter hook output priority 0;
+            udp dport 7252 counter log prefix "linger" group 1 comment "linger"
+          }
+        }""")
+        with open_in(ns, 1, qthresh=1, timeout=0.01) as h:
+            agg = nflog.Aggregator(["prefix"])
+            with pytest.raises(ValueError, match="linger"):
+                h.aggregate(agg, timeout=0, linger=-1)
+            assert h.aggregate(agg, timeout=0.05, linger=5) == 0  # no data: the timeout rules
+            seen_during: list[int] = []
+
+            def sender() -> None:  # 10 packets, one every 0.1 s
+                for _ in range(10):
+                    ns.send_udp("127.0.0.1", 7252, 1)
+                    time.sleep(0.1)
+                    seen_during.append(agg.records)
+
+            s = threading.Thread(target=sender)
+            t0 = time.monotonic()
+            s.start()
+            folded = h.aggregate(agg, timeout=5, linger=0.6)
+            took = time.monotonic() - t0
+            s.join(10)
+            assert took >= 0.6, took  # it waited for more, it did not return at the first
+            assert 2 <= folded <= 10 and agg.records == folded
+            assert seen_during[0] >= 1  # counted while the call was still lingering
+            aggregate_until(h, agg, 10)
+            assert agg.snapshot() == [((b"linger",), *rule_counts(ns, "linger"))]
+
+            closer = threading.Timer(0.3, h.close)
+            ns.send_udp("127.0.0.1", 7252, 1)
+            t0 = time.monotonic()
+            closer.start()
+            with pytest.raises(nflog.NflogClosedError):
+                h.aggregate(agg, timeout=5, linger=30)
+            assert time.monotonic() - t0 < 10  # not the 30 s linger
+            closer.join()
+            assert agg.records == 11 == rule_counts(ns, "linger")[0]
 
 
 def test_one_aggregator_fed_from_two_threads_is_exact() -> None:
