@@ -129,6 +129,25 @@ static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
 	return !n || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
 }
 
+/* memcpy of n bytes (n <= 127, a prefix) as overlapping word copies inside the n bytes: the call
+ * to memcpy for a variable length cost more than the copy. */
+static inline void copy_bytes(uint8_t *dst, const uint8_t *src, size_t n)
+{
+	if (n >= 8) {
+		size_t i;
+		for (i = 0; i + 8 <= n; i += 8)
+			memcpy(dst + i, src + i, 8);
+		memcpy(dst + n - 8, src + n - 8, 8);
+	} else if (n >= 4) {
+		memcpy(dst, src, 4);
+		memcpy(dst + n - 4, src + n - 4, 4);
+	} else if (n) {
+		dst[0] = src[0];
+		dst[n >> 1] = src[n >> 1];
+		dst[n - 1] = src[n - 1];
+	}
+}
+
 static inline bool key_equal(const struct agg_table *t, const struct agg_key *e,
 			     const struct agg_key *k, const uint8_t *prefix)
 {
@@ -153,6 +172,30 @@ static inline bool key_equal(const struct agg_table *t, const struct agg_key *e,
 		     (uint32_t)(e->hook ^ k->hook) | (uint32_t)(e->flags ^ k->flags) |
 		     (uint32_t)(e->prefix_len ^ k->prefix_len);
 	return !d && bytes_equal((const uint8_t *)e->prefix, prefix, k->prefix_len);  /* prefix may be NULL */
+}
+
+/* key_equal for keys written a while ago (a batch's, an entry's): as whole 8-byte words, padding
+ * zeroed by key_build. Not for a key just built: its narrow stores would stall these loads. */
+#define KEY_WORDS_FIXED (AGG_KEY_FIXED / 8)
+#define KEY_WORDS_PAYLOAD (offsetof(struct agg_key, prefix) / 8)
+_Static_assert(AGG_KEY_FIXED % 8 == 0 && offsetof(struct agg_key, prefix) % 8 == 0,
+	       "the key's parts must be whole words");
+
+static inline bool settled_key_equal(const struct agg_table *t, const struct agg_key *e,
+				     const struct agg_key *k)
+{
+	const uint8_t *a = (const uint8_t *)e, *b = (const uint8_t *)k;
+	uint64_t d = 0;
+
+	if (t->payload) {  /* constant trip counts: unrolled, no branch per word */
+		for (size_t i = 0; i < 8 * KEY_WORDS_PAYLOAD; i += 8)
+			d |= load64(a + i) ^ load64(b + i);
+	} else {
+		for (size_t i = 0; i < 8 * KEY_WORDS_FIXED; i += 8)
+			d |= load64(a + i) ^ load64(b + i);
+	}
+	return !d && bytes_equal((const uint8_t *)e->prefix, (const uint8_t *)k->prefix,
+				 k->prefix_len);
 }
 
 static void key_copy(const struct agg_table *t, struct agg_key *dst, const struct agg_key *src)
@@ -247,7 +290,7 @@ static void key_build(const struct agg_table *t, const struct nfd_record *r, str
 	if (f & (1u << F_CT_STATE)) k->pk.ct_state = (uint8_t)nfd_record_ct_state(r);
 	if ((f & (1u << F_PREFIX)) && r->prefix_len) {
 		k->prefix_len = (uint8_t)r->prefix_len;
-		memcpy(k->prefix, r->prefix, r->prefix_len);
+		copy_bytes((uint8_t *)k->prefix, r->prefix, r->prefix_len);
 	}
 }
 
@@ -342,6 +385,7 @@ static void drop_entries(struct agg_table *t)
 	release_keys(t, t->nentries);
 	memset(t->slots, 0, t->nslots * sizeof(*t->slots));
 	t->nentries = t->hot = 0;
+	t->shape++;
 	t->nvictims = 0;
 }
 
@@ -475,6 +519,7 @@ static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t
 	e->recent = recent;
 	e->last_seen = e->admitted = t->now;
 	t->slots[j] = slot_make(h, t->nentries++);
+	t->shape++;
 	t->hot = t->nentries;
 	t->hot_serial = e->serial;
 	t->churn.admitted++;
@@ -515,6 +560,7 @@ static void remove_entry(struct agg_table *t, size_t i)
 				t->victims[v].index = (uint32_t)i;
 	}
 	t->nentries = last;
+	t->shape++;
 }
 
 /* ---- the sketch of newcomers' rates ------------------------------------------------------ */
@@ -632,25 +678,10 @@ static inline struct agg_entry *hot_entry(struct agg_table *t, const struct agg_
 	return e->serial == t->hot_serial && key_equal(t, &e->key, k, prefix) ? e : NULL;
 }
 
-/* Count one record of key k (hashed h) on its entry, else as a new key; the hot entry becomes
- * the one counted on (t->hot 0: the remainder). */
-static void fold_key(struct agg_table *t, const struct agg_key *k, uint64_t h, uint32_t ip_len)
+/* A record of key k (hashed h), which has no entry: it needs room in the table, the limits and
+ * memory (and, under pressure, a fill token); else see no_entry(). */
+static void fold_new_key(struct agg_table *t, const struct agg_key *k, uint64_t h, uint32_t ip_len)
 {
-	size_t mask = t->nslots - 1, j;
-
-	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
-		if ((t->slots[j] & SLOT_TAG_MASK) != (h & SLOT_TAG_MASK))
-			continue;  /* another key: its entry need not be read */
-		struct agg_entry *e = &t->entries[slot_index(t->slots[j])];
-		if (e->hash == h && key_equal(t, &e->key, k, (const uint8_t *)k->prefix)) {
-			count_on(t, e, ip_len);
-			t->hot = slot_index(t->slots[j]) + 1;
-			t->hot_serial = e->serial;
-			return;
-		}
-	}
-	/* A new key: it needs room in the table, the limits and memory (and, under pressure, a fill
-	 * token); else see no_entry(). */
 	bool pressed = t->policy.ttl && t->policy.admit_rate && t->now < t->pressure_until;
 	if (!pressed || t->fill_tokens) {
 		if (reserve_key(t)) {
@@ -670,6 +701,27 @@ static void fold_key(struct agg_table *t, const struct agg_key *k, uint64_t h, u
 	no_entry(t, k, h, ip_len);
 }
 
+/* Count one record of key k (hashed h) on its entry, else as a new key; the hot entry becomes
+ * the one counted on (t->hot 0: the remainder). */
+static void fold_key(struct agg_table *t, const struct agg_key *k, uint64_t h, uint32_t ip_len)
+{
+	size_t mask = t->nslots - 1, j;
+
+	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
+		if ((t->slots[j] & SLOT_TAG_MASK) != (h & SLOT_TAG_MASK))
+			continue;  /* another key: its entry need not be read */
+		struct agg_entry *e = &t->entries[slot_index(t->slots[j])];
+		if (e->hash == h && settled_key_equal(t, &e->key, k)) {
+			count_on(t, e, ip_len);
+			t->hot = slot_index(t->slots[j]) + 1;
+			t->hot_serial = e->serial;
+			return;
+		}
+	}
+	fold_new_key(t, k, h, ip_len);
+}
+
+/* One record at a time (tests, tools): fold_key reads the key just built, which agg_ahead_* avoid. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 {
 	struct agg_key key;
@@ -687,31 +739,44 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 
 /* ---- folding a datagram's records a few at a time -------------------------------------- */
 
+/* Compare pending i with the one before it and hash it (or take that one's hash: floods are runs
+ * of one key), prefetching its slot. Done one record after key_build wrote the key: read right
+ * after its narrow stores, the key's words stall on store forwarding (the addresses' most). */
+static inline void settle(const struct agg_table *t, struct agg_ahead *a, unsigned i)
+{
+	struct agg_pending *p = &a->p[i];
+	const uint8_t *prefix = (const uint8_t *)p->key.prefix;
+
+	p->same = i && key_equal(t, &a->p[i - 1].key, &p->key, prefix);
+	if (p->same) {
+		p->hash = a->p[i - 1].hash;
+	} else {
+		p->hash = key_hash(t, &p->key, prefix);
+		__builtin_prefetch(&t->slots[p->hash & (t->nslots - 1)]);
+	}
+}
+
 void agg_ahead_add(struct agg_table *t, struct agg_ahead *a, const struct nfd_record *rec)
 {
 	struct agg_pending *p = &a->p[a->n];
 
 	key_build(t, rec, &p->key);
 	p->ip_len = rec->ip_len;
-	/* Floods are runs of one key: the previous record's hash serves, no need to hash again. */
-	p->same = a->n && key_equal(t, &a->p[a->n - 1].key, &p->key, rec->prefix);
-	if (p->same) {
-		p->hash = a->p[a->n - 1].hash;
-	} else {
-		p->hash = key_hash(t, &p->key, rec->prefix);
-		__builtin_prefetch(&t->slots[p->hash & (t->nslots - 1)]);
-	}
+	if (a->n)
+		settle(t, a, a->n - 1);
 	if (++a->n == AGG_AHEAD)
 		agg_ahead_flush(t, a);
 }
 
 /* The entry a pending key's slot names, or the sketch counters it would add to when it has no
- * entry (a full budget), fetched into the cache while the keys before it are folded. */
-static void prefetch_entry(const struct agg_table *t, const struct agg_pending *p)
+ * entry (a full budget), fetched into the cache while the keys before it are folded. A key
+ * no slot's tag matches has no entry: p->missed says so while the table keeps its shape. */
+static void prefetch_entry(const struct agg_table *t, struct agg_pending *p)
 {
 	size_t mask = t->nslots - 1, j;
 	uint64_t tag = p->hash & SLOT_TAG_MASK;
 
+	p->missed = false;
 	for (j = p->hash & mask; t->slots[j]; j = (j + 1) & mask) {
 		if ((t->slots[j] & SLOT_TAG_MASK) == tag) {
 			/* key_equal reads the hash, the fixed key, pk and the prefix: three lines */
@@ -722,6 +787,7 @@ static void prefetch_entry(const struct agg_table *t, const struct agg_pending *
 			return;
 		}
 	}
+	p->missed = true;
 	if (t->sketch) {
 		uint64_t bits = p->hash >> 16;
 		for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++, bits >>= AGG_SKETCH_BITS)
@@ -733,8 +799,11 @@ static void prefetch_entry(const struct agg_table *t, const struct agg_pending *
 void agg_ahead_flush(struct agg_table *t, struct agg_ahead *a)
 {
 	unsigned n = a->n;
+	uint32_t shape = t->shape;
 
 	a->n = 0;
+	if (n)
+		settle(t, a, n - 1);
 	for (unsigned i = 0; i < n; i++)
 		if (!a->p[i].same)
 			prefetch_entry(t, &a->p[i]);
@@ -753,7 +822,12 @@ void agg_ahead_flush(struct agg_table *t, struct agg_ahead *a)
 			count_on(t, e, p->ip_len);
 			continue;
 		}
-		fold_key(t, &p->key, p->hash, p->ip_len);
+		/* A random-source flood's records mostly have no entry: found so above, unless an entry
+		 * came or went since, they need not probe again. */
+		if (!p->same && p->missed && t->shape == shape)
+			fold_new_key(t, &p->key, p->hash, p->ip_len);
+		else
+			fold_key(t, &p->key, p->hash, p->ip_len);
 	}
 }
 

@@ -164,6 +164,8 @@ struct agg_table {
 	 * floods are runs of one key, so it is tried before hashing. */
 	size_t hot;
 	uint64_t hot_serial;
+	/* Counts every entry added or removed: a lookup's result holds while it is unchanged. */
+	uint32_t shape;
 	struct agg_policy policy;
 	uint32_t now;               /* coarse clock, seconds since clock_base (agg_clock, agg_tick) */
 	time_t clock_base;          /* CLOCK_MONOTONIC_COARSE second that is the table's second 0 */
@@ -191,11 +193,12 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec);
  * parsed and its slot prefetched, and the batch's entries are prefetched before it is folded, so
  * the cache misses of a many-source flood (a slot, then an entry, per record) overlap instead of
  * stalling one by one. The same counts as agg_fold, record for record, in the same order. */
-#define AGG_AHEAD 16
+#define AGG_AHEAD 32
 struct agg_pending {
 	uint64_t hash;
 	uint32_t ip_len;
 	bool same;                  /* the same key as the record before it in the batch */
+	bool missed;                /* no entry held its key when the batch was prefetched */
 	struct agg_key key;
 };
 struct agg_ahead {

@@ -497,20 +497,25 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	wait_data(self, timeout_ms, &st);
 	self->sock.layout.want = agg_wanted_attrs(t->fields);  /* parse only what the key needs */
 	double until = st.wait > 0 && linger > 0.0 ? monotonic_seconds() + linger : 0.0;
-	for (;;) {
-		for (int i = 0; st.wait > 0 && i < AGGREGATE_MAX_DATAGRAMS; i++) {
-			if ((st.len = recv_data(self)) <= 0)
-				break;
+	for (int i = 0; st.wait > 0; i++) {
+		if ((st.len = recv_data(self)) > 0) {
 			pthread_mutex_lock(&t->lock);
 			agg_clock(t);  /* the series budget's clock: once per datagram, not per record */
 			folded += nfd_sock_dispatch(&self->sock, (size_t)st.len, fold_record, &fold);
 			agg_ahead_flush(t, &fold.ahead);  /* every record counted before the lock goes */
 			pthread_mutex_unlock(&t->lock);
 		}
-		/* Lingering: on while the socket is healthy and time is left; a failure, a refusal,
-		 * close() or a signal ends it at once, to be reported below. */
+		if (st.len < 0 || self->sock.config_error)
+			break;  /* reported below */
+		if (!until) {  /* drain what is there, then return */
+			if (st.len == 0 || i + 1 == AGGREGATE_MAX_DATAGRAMS)
+				break;
+			continue;
+		}
+		/* Lingering: poll before each read, not a read until EAGAIN then poll (one system
+		 * call a datagram fewer). close() or a signal ends the wait, to be reported below. */
 		double left = until - monotonic_seconds();
-		if (st.wait <= 0 || st.len < 0 || self->sock.config_error || left <= 0.0)
+		if (left <= 0.0)
 			break;
 		wait_data(self, (int)ceil(left * 1000.0), &st);
 	}
