@@ -638,6 +638,11 @@ def scenario_defs(smoke: bool, records: int | None) -> dict:
                        f"[{', '.join(RICH_LABELS)}]", "groups": [GROUP],
               "flood": ["-n", str(n_a), "-r", "100000", "-P", "1", "-S", "1000"], "expect": n_a,
               "consumers": ("floor", "nflogd"), "nflogd_config": RICH_CONFIG},
+        # d's flood with the default labels: what the address labels cost (issue 11: <= 1.3x)
+        "d0": {"title": f"{n_a:,} records paced at 100k/s from 1,000 sources, default labels",
+               "groups": [GROUP],
+               "flood": ["-n", str(n_a), "-r", "100000", "-P", "1", "-S", "1000"], "expect": n_a,
+               "consumers": ("floor", "nflogd")},
         "e": {"title": f"{n_a:,} records paced at 100k/s from random sources (4M addresses), "
                        f"labels [{', '.join(RICH_LABELS)}], max_series {BUDGET_SERIES:,} full "
                        "and displacing", "groups": [GROUP],
@@ -982,6 +987,9 @@ def targets(results: dict) -> list[tuple[str, float | None, float]]:
         ("(b) nflogd/floor CPU per record, 2 unpaced senders", ratio("b"), 2.5),
         ("(d) nflogd/floor, address labels, 1,000 sources", ratio("d"), 3.3),
         ("(e) nflogd/floor, address labels, random sources, budget full", ratio("e"), 4.0),
+        ("(d) address labels / default labels, same flood (issue 11)",
+         cpu("d", "nflogd") / cpu("d0", "nflogd") if cpu("d", "nflogd") and cpu("d0", "nflogd")
+         else None, 1.3),
         ("(e) loss % at 100k/s, budget full", loss("e"), 0),
         ("(a) loss % at 100k/s", loss("a"), 0),
         ("(f) loss % with 4 unpaced senders", loss("f"), 0),
@@ -1001,7 +1009,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     ap.add_argument("--records", type=int, default=None,
                     help="records per flood in scenario a (b sends twice as many)")
-    ap.add_argument("--scenarios", default="a,b,c,d,e,f,series,ready",
+    ap.add_argument("--scenarios", default="a,b,c,d0,d,e,f,series,ready",
                     help="comma list of a,b,c,d,e,f,series,ready")
     ap.add_argument("--consumers",
                     default="floor,floor-default-batch,tcpdump,ulogd2,uacctd,python-loop,nflogd",
@@ -1057,7 +1065,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_term)
     code = 0
     try:
-        if any(s in args.scenarios for s in ("a", "b", "c", "d", "e", "f")):
+        if any(s in args.scenarios for s in ("a", "b", "c", "d0", "d", "e", "f")):
             run_flood_scenarios(args, tmp, consumers, results)
         if "series" in args.scenarios:
             run_series(args, tmp, results)

@@ -30,13 +30,14 @@ def test_bench_smoke_run_counts_exactly_and_cleans_up() -> None:
     require_tool("gcc")
     env = dict(os.environ, NFLOGD_BENCH_SKIP_INSTALL="1")
     # bench/run execs the harness, so its namespaces are nflogd-bench-<this pid>-N.
-    bench = subprocess.Popen([str(REPO / "bench" / "run"), "--smoke", "--scenarios", "a,d,e",
+    bench = subprocess.Popen([str(REPO / "bench" / "run"), "--smoke", "--scenarios", "a,d0,d,e",
                               "--consumers", ",".join(CONSUMERS)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, stderr = bench.communicate(timeout=400)
     assert bench.returncode == 0, stderr[-3000:]
     result = json.loads((REPO / "bench" / "out" / "latest.json").read_text())
-    runs = [("a", c) for c in CONSUMERS] + [(k, c) for k in ("d", "e") for c in ("floor", "nflogd")]
+    runs = [("a", c) for c in CONSUMERS] + [(k, c) for k in ("d0", "d", "e")
+                                                  for c in ("floor", "nflogd")]
     for scenario, consumer in runs:
         s = result["scenarios"][scenario]["summary"][consumer]
         assert not s["errors"], (scenario, consumer, s["errors"])
