@@ -89,20 +89,6 @@ static size_t build_message(uint8_t *p, uint16_t group, uint32_t seq, uint32_t s
 	return NLMSG_ALIGN(off);
 }
 
-struct fold_ctx {
-	struct agg_table *t;
-	struct agg_ahead ahead;
-};
-
-/* As Nflog.aggregate folds: a few records ahead (agg_ahead_*), flushed at each datagram's end. */
-static int fold(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
-{
-	struct fold_ctx *f = ctx;
-	(void)nlh;
-	agg_ahead_add(f->t, &f->ahead, rec);
-	return 0;
-}
-
 static double now_ns(void)
 {
 	struct timespec ts;
@@ -147,7 +133,8 @@ int main(int argc, char **argv)
 					       .decay = AGG_DEFAULT_DECAY};
 	s.layout.want = agg_wanted_attrs(mask);  /* as Nflog.aggregate does */
 
-	struct fold_ctx f = {.t = &t};
+	/* As Nflog.aggregate folds: a few records ahead, flushed at each datagram's end. */
+	struct agg_ahead ahead = {.t = &t};
 	unsigned long long done = 0;
 	uint32_t seq = 0;
 	double ns = 0;
@@ -157,8 +144,8 @@ int main(int argc, char **argv)
 			len += build_message(s.buf + len, 5, seq, 0x7f010000u + seq % keys,
 					     1 + seq % keys);
 		double t0 = now_ns();  /* parse and fold only, not the building */
-		done += nfd_sock_dispatch(&s, len, fold, &f);
-		agg_ahead_flush(&t, &f.ahead);
+		done += nfd_sock_dispatch(&s, len, agg_ahead_visit, &ahead);
+		agg_ahead_flush(&ahead);
 		ns += now_ns() - t0;
 	}
 	printf("records=%llu keys=%zu overflow=%llu lost=%llu ns/record=%.1f\n",

@@ -756,16 +756,23 @@ static inline void settle(const struct agg_table *t, struct agg_ahead *a, unsign
 	}
 }
 
-void agg_ahead_add(struct agg_table *t, struct agg_ahead *a, const struct nfd_record *rec)
+void agg_ahead_add(struct agg_ahead *a, const struct nfd_record *rec)
 {
 	struct agg_pending *p = &a->p[a->n];
 
-	key_build(t, rec, &p->key);
+	key_build(a->t, rec, &p->key);
 	p->ip_len = rec->ip_len;
 	if (a->n)
-		settle(t, a, a->n - 1);
+		settle(a->t, a, a->n - 1);
 	if (++a->n == AGG_AHEAD)
-		agg_ahead_flush(t, a);
+		agg_ahead_flush(a);
+}
+
+int agg_ahead_visit(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
+{
+	(void)nlh;
+	agg_ahead_add(ctx, rec);
+	return 0;
 }
 
 /* The entry a pending key's slot names, or the sketch counters it would add to when it has no
@@ -796,8 +803,9 @@ static void prefetch_entry(const struct agg_table *t, struct agg_pending *p)
 	}
 }
 
-void agg_ahead_flush(struct agg_table *t, struct agg_ahead *a)
+void agg_ahead_flush(struct agg_ahead *a)
 {
+	struct agg_table *t = a->t;
 	unsigned n = a->n;
 	uint32_t shape = t->shape;
 

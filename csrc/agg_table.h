@@ -202,13 +202,16 @@ struct agg_pending {
 	struct agg_key key;
 };
 struct agg_ahead {
+	struct agg_table *t;        /* folded into; set by the caller */
 	unsigned n;
 	struct agg_pending p[AGG_AHEAD];
 };
 /* Queue one record (rec's memory may go once this returns); a full batch is folded. */
-void agg_ahead_add(struct agg_table *t, struct agg_ahead *a, const struct nfd_record *rec);
-/* Fold what is queued. Before t->lock is released: queued records are not counted yet. */
-void agg_ahead_flush(struct agg_table *t, struct agg_ahead *a);
+void agg_ahead_add(struct agg_ahead *a, const struct nfd_record *rec);
+/* agg_ahead_add as an nfd_sock_dispatch visitor (nfd_visit_fn): ctx is the struct agg_ahead. */
+int agg_ahead_visit(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh);
+/* Fold what is queued. Before a->t->lock is released: queued records are not counted yet. */
+void agg_ahead_flush(struct agg_ahead *a);
 /* Drop all keys (returning them to the budget) and zero every counter. */
 void agg_clear(struct agg_table *t);
 /* Read the coarse clock into t->now: once per datagram, by the reader (records are stamped with it). */

@@ -440,19 +440,6 @@ static double monotonic_seconds(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-struct fold_ctx {
-	struct agg_table *t;
-	struct agg_ahead ahead;
-};
-
-static int fold_record(void *ctx, const struct nfd_record *rec, const struct nlmsghdr *nlh)
-{
-	struct fold_ctx *f = ctx;
-	(void)nlh;
-	agg_ahead_add(f->t, &f->ahead, rec);
-	return 0;
-}
-
 PyDoc_STRVAR(aggregate_doc,
 "aggregate($self, aggregator, /, timeout=None, linger=0.0)\n--\n\n"
 "Wait up to timeout seconds (None: until data or close) for records, then drain what the socket\n"
@@ -485,7 +472,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		timeout_ms = (int)ceil(t * 1000.0);
 	}
 	struct agg_table *t = aggregator_table(agg);
-	struct fold_ctx fold = {.t = t};
+	struct agg_ahead ahead = {.t = t};
 	if (!t->slots)
 		return PyErr_Format(PyExc_RuntimeError, "Aggregator.__init__ was not called");
 	if (self->closed)
@@ -501,8 +488,8 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 		if ((st.len = recv_data(self)) > 0) {
 			pthread_mutex_lock(&t->lock);
 			agg_clock(t);  /* the series budget's clock: once per datagram, not per record */
-			folded += nfd_sock_dispatch(&self->sock, (size_t)st.len, fold_record, &fold);
-			agg_ahead_flush(t, &fold.ahead);  /* every record counted before the lock goes */
+			folded += nfd_sock_dispatch(&self->sock, (size_t)st.len, agg_ahead_visit, &ahead);
+			agg_ahead_flush(&ahead);  /* every record counted before the lock goes */
 			pthread_mutex_unlock(&t->lock);
 		}
 		if (st.len < 0 || self->sock.config_error)

@@ -482,7 +482,7 @@ static void batched_like_one_by_one(void)
 	uint32_t fields = (1u << F_UID) | (1u << F_PREFIX);
 	struct agg_budget ba, bb;
 	struct agg_table a, b;
-	struct agg_ahead ahead = {0};
+	struct agg_ahead ahead = {.t = &b};
 	uint32_t now = 0, key = 0, run = 0, limit = 1 + rnd() % 300;
 
 	for (size_t i = 0; i < sizeof(prefixes); i++)
@@ -510,9 +510,9 @@ static void batched_like_one_by_one(void)
 		r.prefix_len = (uint16_t)(key % 128);
 		r.ip_len = 40 + key % 1400;
 		agg_fold(&a, &r);
-		agg_ahead_add(&b, &ahead, &r);
+		agg_ahead_add(&ahead, &r);
 		if (rnd() % 50 == 0 || step == 199999) {  /* a datagram ends */
-			agg_ahead_flush(&b, &ahead);
+			agg_ahead_flush(&ahead);
 			CHECK(a.records == b.records && a.nentries == b.nentries &&
 			      a.overflow_packets == b.overflow_packets &&
 			      a.overflow_bytes == b.overflow_bytes &&
