@@ -30,7 +30,8 @@ from .worker import GroupWorker, reason
 
 log = logging.getLogger("nflogd")
 
-# A worker whose loop has not turned for this long is stuck (its wait is 0.5 s).
+# A worker whose loop has not turned for this long is stuck (a turn takes at most its 0.5 s wait
+# plus its 0.25 s linger: worker.WAIT_SECONDS, worker.LINGER_SECONDS).
 HEARTBEAT_STALE = 5.0
 STATUS_INTERVAL = 5.0
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})

@@ -33,7 +33,8 @@ from .labels import KeySpec
 
 log = logging.getLogger("nflogd.worker")
 
-# How long one aggregate() call may wait: bounds the heartbeat period and reaction to stop().
+# How long one aggregate() call may wait for data: with LINGER_SECONDS it bounds the heartbeat
+# period (stop() closes the handle, which ends either at once).
 WAIT_SECONDS = 0.5
 # Once records come, how long one aggregate() call goes on folding in C before the loop turns
 # (heartbeat, tick, a pending relabel): under a steady flow the kernel hands over a datagram
