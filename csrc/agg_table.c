@@ -16,8 +16,7 @@ const char *const agg_field_names[F_NFIELDS] = {
 };
 
 #define FIELDS_ADDR ((1u << F_SADDR) | (1u << F_DADDR) | (1u << F_SRC_NET) | (1u << F_DST_NET))
-/* Every field from F_SADDR on lives in agg_key.pk. */
-#define FIELDS_PAYLOAD (~0u << F_SADDR)
+#define FIELD(f) (1u << (f))
 
 #define INITIAL_SLOTS 64
 
@@ -50,15 +49,17 @@ static inline uint64_t load32(const uint8_t *p)
 	return v;
 }
 
-/* Hash n bytes at p as 16-byte blocks numbered from *block on. A short tail is read with
- * overlapping loads inside the n bytes (as wyhash does), never copied to a buffer first: that
- * copy's byte stores stalled the loads that followed. The caller mixes n in. */
-static inline __attribute__((always_inline)) uint64_t
-hash_bytes(uint64_t h, const uint8_t *p, size_t n, uint64_t seed, unsigned *block)
+_Static_assert(sizeof(struct agg_entry) % AGG_ENTRY_ALIGN == 0,
+	       "an entry is whole cache lines");
+
+/* Hash n bytes at p as 16-byte blocks. A short tail is read with overlapping loads inside the n
+ * bytes (as wyhash does), never copied to a buffer first: that copy's byte stores stalled the
+ * loads that followed. */
+static uint64_t hash_bytes(const uint8_t *p, size_t n, uint64_t seed)
 {
-	uint64_t a, b;
-	while (n) {
-		uint64_t k = seed + (uint64_t)(++*block) * H_P2;
+	uint64_t h = n, a, b;
+	for (uint64_t block = 1; n; block++) {
+		uint64_t k = seed + block * H_P2;
 		if (n >= 16) {
 			a = load64(p);
 			b = load64(p + 8);
@@ -82,39 +83,17 @@ hash_bytes(uint64_t h, const uint8_t *p, size_t n, uint64_t seed, unsigned *bloc
 	return h;
 }
 
-/* Fields are read back at the width they were written, and combined in registers: reading a key
- * as 8-byte words right after key_build's narrow stores defeats store-to-load forwarding (a stall
- * per word, measured as a quarter of the per-record time). The prefix is hashed and compared from
- * the record, not from the key's fresh copy, for the same reason. */
-static uint64_t key_hash(const struct agg_table *t, const struct agg_key *k, const uint8_t *prefix)
+/* A packed key's hash. Read as words: only keys packed a while ago are hashed on the hot path
+ * (settle()), since right after key_build's narrow stores these loads would stall on store
+ * forwarding. */
+static uint64_t key_hash(const struct agg_table *t, const uint8_t *ck)
 {
-	const uint64_t *s = t->secrets;
-	unsigned block = 0;
-	uint64_t h = mum(((uint64_t)k->indev | (uint64_t)k->outdev << 32) ^ s[0],
-			 ((uint64_t)k->physindev | (uint64_t)k->physoutdev << 32) ^ s[1]);
-	h ^= mum(((uint64_t)k->uid | (uint64_t)k->gid << 32) ^ s[2],
-		 ((uint64_t)k->mark | (uint64_t)k->group << 32 | (uint64_t)k->hwproto << 48) ^ s[3]);
-	uint64_t small = k->family | (uint64_t)k->proto << 8 | (uint64_t)k->hook << 16 |
-			 (uint64_t)k->flags << 24 | (uint64_t)k->prefix_len << 32;
-	if (t->payload) {
-		const struct agg_pkey *p = &k->pk;
-		uint64_t a0, a1, d0, d1;
-		memcpy(&a0, p->saddr, 8);
-		memcpy(&a1, p->saddr + 8, 8);
-		memcpy(&d0, p->daddr, 8);
-		memcpy(&d1, p->daddr + 8, 8);
-		uint64_t w = p->addr_family | (uint64_t)p->icmp_type << 8 | (uint64_t)p->tcp_flags << 16 |
-			     (uint64_t)p->ct_state << 24 | (uint64_t)p->sport << 32 |
-			     (uint64_t)p->dport << 48;
-		uint64_t nets = p->src_net | (uint64_t)p->dst_net << 16;
-		h ^= mum(w ^ s[4], nets ^ s[5]) ^ mum(a0 ^ s[6], a1 ^ s[7]) ^ mum(d0 ^ s[8], d1 ^ s[9]);
-	}
-	h = hash_bytes(h, prefix, k->prefix_len, t->seed, &block);
-	return mum(h ^ s[10], small ^ s[11]) | 1;  /* never 0: a zeroed entry can't match by accident */
+	uint64_t h = hash_bytes(ck, agg_ckey_len(&t->plan, ck), t->seed);
+	return mum(h ^ H_P0, t->seed ^ H_P1) | 1;  /* never 0: a zeroed entry can't match by accident */
 }
 
 /* n bytes of a and b equal? Words read with overlapping loads inside the n bytes, as in
- * hash_bytes: no call to memcmp for the few bytes of a typical prefix. */
+ * hash_bytes: no call to memcmp. */
 static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
 {
 	if (n >= 8) {
@@ -148,149 +127,186 @@ static inline void copy_bytes(uint8_t *dst, const uint8_t *src, size_t n)
 	}
 }
 
-static inline bool key_equal(const struct agg_table *t, const struct agg_key *e,
-			     const struct agg_key *k, const uint8_t *prefix)
+/* Packed keys equal? (Both of this table: the lengths are in the bytes compared.) */
+static inline bool key_equal(const struct agg_table *t, const uint8_t *a, const uint8_t *b)
 {
-	uint64_t d;
-
-	if (t->payload) {  /* first: addresses and ports are where a many-source flood's keys differ */
-		const struct agg_pkey *a = &e->pk, *b = &k->pk;
-		d = (uint32_t)(a->addr_family ^ b->addr_family) | (uint32_t)(a->icmp_type ^ b->icmp_type) |
-		    (uint32_t)(a->tcp_flags ^ b->tcp_flags) | (uint32_t)(a->ct_state ^ b->ct_state) |
-		    (uint32_t)(a->sport ^ b->sport) | (uint32_t)(a->dport ^ b->dport) |
-		    (uint32_t)(a->src_net ^ b->src_net) | (uint32_t)(a->dst_net ^ b->dst_net);
-		for (int i = 0; i < 32; i += 8)  /* saddr and daddr, adjacent; no call */
-			d |= load64(a->saddr + i) ^ load64(b->saddr + i);
-		if (d)
-			return false;
-	}
-	d = (uint64_t)(e->indev ^ k->indev) | (e->outdev ^ k->outdev) |
-		     (e->physindev ^ k->physindev) | (e->physoutdev ^ k->physoutdev) |
-		     (e->uid ^ k->uid) | (e->gid ^ k->gid) | (e->mark ^ k->mark) |
-		     (uint32_t)(e->group ^ k->group) | (uint32_t)(e->hwproto ^ k->hwproto) |
-		     (uint32_t)(e->family ^ k->family) | (uint32_t)(e->proto ^ k->proto) |
-		     (uint32_t)(e->hook ^ k->hook) | (uint32_t)(e->flags ^ k->flags) |
-		     (uint32_t)(e->prefix_len ^ k->prefix_len);
-	return !d && bytes_equal((const uint8_t *)e->prefix, prefix, k->prefix_len);  /* prefix may be NULL */
+	return bytes_equal(a, b, agg_ckey_len(&t->plan, b));
 }
 
-/* key_equal for keys written a while ago (a batch's, an entry's): as whole 8-byte words, padding
- * zeroed by key_build. Not for a key just built: its narrow stores would stall these loads. */
-#define KEY_WORDS_FIXED (AGG_KEY_FIXED / 8)
-#define KEY_WORDS_PAYLOAD (offsetof(struct agg_key, prefix) / 8)
-_Static_assert(AGG_KEY_FIXED % 8 == 0 && offsetof(struct agg_key, prefix) % 8 == 0,
-	       "the key's parts must be whole words");
+/* ---- packed keys ---------------------------------------------------------------------------- */
 
-static inline bool settled_key_equal(const struct agg_table *t, const struct agg_key *e,
-				     const struct agg_key *k)
+#define MEMBER_SIZE(m) sizeof(((struct agg_key *)0)->m)
+/* Each field's bytes in a packed key: its agg_key member's (the prefix is apart, at the end). */
+static const uint8_t field_width[F_NFIELDS] = {
+	[F_GROUP] = MEMBER_SIZE(group), [F_PREFIX] = 0,
+	[F_INDEV] = MEMBER_SIZE(indev), [F_OUTDEV] = MEMBER_SIZE(outdev),
+	[F_PHYSINDEV] = MEMBER_SIZE(physindev), [F_PHYSOUTDEV] = MEMBER_SIZE(physoutdev),
+	[F_UID] = MEMBER_SIZE(uid), [F_GID] = MEMBER_SIZE(gid), [F_FAMILY] = MEMBER_SIZE(family),
+	[F_PROTO] = MEMBER_SIZE(proto), [F_HOOK] = MEMBER_SIZE(hook), [F_MARK] = MEMBER_SIZE(mark),
+	[F_HWPROTO] = MEMBER_SIZE(hwproto), [F_SADDR] = MEMBER_SIZE(pk.saddr),
+	[F_DADDR] = MEMBER_SIZE(pk.daddr), [F_SPORT] = MEMBER_SIZE(pk.sport),
+	[F_DPORT] = MEMBER_SIZE(pk.dport), [F_ICMP_TYPE] = MEMBER_SIZE(pk.icmp_type),
+	[F_TCP_FLAGS] = MEMBER_SIZE(pk.tcp_flags), [F_SRC_NET] = MEMBER_SIZE(pk.src_net),
+	[F_DST_NET] = MEMBER_SIZE(pk.dst_net), [F_CT_STATE] = MEMBER_SIZE(pk.ct_state),
+};
+/* Where each field's value lives in an unpacked key. */
+static const uint8_t member_offset[F_NFIELDS] = {
+	[F_GROUP] = offsetof(struct agg_key, group), [F_PREFIX] = 0,
+	[F_INDEV] = offsetof(struct agg_key, indev), [F_OUTDEV] = offsetof(struct agg_key, outdev),
+	[F_PHYSINDEV] = offsetof(struct agg_key, physindev),
+	[F_PHYSOUTDEV] = offsetof(struct agg_key, physoutdev),
+	[F_UID] = offsetof(struct agg_key, uid), [F_GID] = offsetof(struct agg_key, gid),
+	[F_FAMILY] = offsetof(struct agg_key, family), [F_PROTO] = offsetof(struct agg_key, proto),
+	[F_HOOK] = offsetof(struct agg_key, hook), [F_MARK] = offsetof(struct agg_key, mark),
+	[F_HWPROTO] = offsetof(struct agg_key, hwproto),
+	[F_SADDR] = offsetof(struct agg_key, pk.saddr), [F_DADDR] = offsetof(struct agg_key, pk.daddr),
+	[F_SPORT] = offsetof(struct agg_key, pk.sport), [F_DPORT] = offsetof(struct agg_key, pk.dport),
+	[F_ICMP_TYPE] = offsetof(struct agg_key, pk.icmp_type),
+	[F_TCP_FLAGS] = offsetof(struct agg_key, pk.tcp_flags),
+	[F_SRC_NET] = offsetof(struct agg_key, pk.src_net),
+	[F_DST_NET] = offsetof(struct agg_key, pk.dst_net),
+	[F_CT_STATE] = offsetof(struct agg_key, pk.ct_state),
+};
+
+/* The largest plan's fixed part, every field keyed on: flags, prefix_len, addr_family; indev to
+ * mark; group, hwproto; family, proto, hook; saddr, daddr; sport, dport, src_net, dst_net;
+ * icmp_type, tcp_flags, ct_state (field_width's). */
+#define CKEY_FIXED_LARGEST (3 + 7 * 4 + 2 * 2 + 3 * 1 + 2 * 16 + 4 * 2 + 3 * 1)
+_Static_assert(CKEY_FIXED_LARGEST <= AGG_CKEY_FIXED_MAX && AGG_CKEY_FIXED_MAX % 16 == 0 &&
+	       CKEY_FIXED_LARGEST + NFD_PREFIX_MAX <= AGG_CKEY_MAX &&
+	       AGG_CKEY_FIXED_MAX <= AGG_CKEY_MAX, "a packed key's fixed part and prefix must fit");
+
+static void plan_make(struct agg_ckey_plan *pl, uint32_t fields)
 {
-	const uint8_t *a = (const uint8_t *)e, *b = (const uint8_t *)k;
-	uint64_t d = 0;
+	unsigned off = 2;  /* flags, prefix_len */
 
-	if (t->payload) {  /* constant trip counts: unrolled, no branch per word */
-		for (size_t i = 0; i < 8 * KEY_WORDS_PAYLOAD; i += 8)
-			d |= load64(a + i) ^ load64(b + i);
-	} else {
-		for (size_t i = 0; i < 8 * KEY_WORDS_FIXED; i += 8)
-			d |= load64(a + i) ^ load64(b + i);
-	}
-	return !d && bytes_equal((const uint8_t *)e->prefix, (const uint8_t *)k->prefix,
-				 k->prefix_len);
+	memset(pl, 0, sizeof(*pl));
+	pl->fields = fields;
+	if (fields & (FIELD(F_SADDR) | FIELD(F_DADDR)))
+		pl->afam = (uint8_t)off++;
+	for (int f = 0; f < F_NFIELDS; f++)
+		if ((fields & FIELD(f)) && field_width[f]) {
+			pl->off[f] = (uint8_t)off;
+			off += field_width[f];
+		}
+	pl->fixed = (uint8_t)off;
 }
 
-static void key_copy(const struct agg_table *t, struct agg_key *dst, const struct agg_key *src)
+void agg_ckey_unpack(const struct agg_ckey_plan *pl, const uint8_t *ck, struct agg_key *k)
 {
-	memcpy(dst, src, AGG_KEY_FIXED);
-	if (t->payload)
-		dst->pk = src->pk;
-	memcpy(dst->prefix, src->prefix, src->prefix_len);
+	memset(k, 0, sizeof(*k));
+	k->flags = ck[0];
+	k->prefix_len = ck[1];
+	if (pl->fields & (FIELD(F_SADDR) | FIELD(F_DADDR)))
+		k->pk.addr_family = ck[pl->afam];
+	for (int f = 0; f < F_NFIELDS; f++)
+		if ((pl->fields & FIELD(f)) && field_width[f])
+			memcpy((char *)k + member_offset[f], ck + pl->off[f], field_width[f]);
+	memcpy(k->prefix, ck + pl->fixed, k->prefix_len);
+}
+
+static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+
+/* Zero a packed key's fixed part (at most AGG_CKEY_FIXED_MAX bytes) as sixteen-byte stores. */
+static inline void zero_fixed(uint8_t *ck)
+{
+	typedef char v16 __attribute__((vector_size(16), aligned(1), may_alias));
+	v16 z = {0};
+	__asm__("" : "+x"(z));  /* hides the zero: not turned into a call to memset */
+	for (size_t i = 0; i < AGG_CKEY_FIXED_MAX; i += 16)
+		*(v16 *)(ck + i) = z;
 }
 
 /* Addresses reduced to the mask before hashing, so one key holds a whole prefix; networks are
  * matched on the full address. */
-static void key_addresses(const struct agg_table *t, const struct nfd_record *r, struct agg_key *k)
+static void key_addresses(const struct agg_table *t, const struct nfd_record *r, uint8_t *ck)
 {
 	uint8_t sa[16], da[16];
 	uint32_t f = t->fields;
+	const uint8_t *o = t->plan.off;
 	int fam = nfd_record_addrs(r, sa, da);
-
 	unsigned mask = fam == 4 ? t->mask4 : t->mask6, full = fam == 4 ? 32 : 128;
-	struct agg_pkey *pk = &k->pk;
 
 	if (!fam)
 		return;
-	if (f & ((1u << F_SADDR) | (1u << F_DADDR)))
-		pk->addr_family = (uint8_t)fam;
-	if (t->nets && (f & (1u << F_SRC_NET)))
-		pk->src_net = (uint16_t)nfd_nets_lookup(t->nets, fam, sa);
-	if (t->nets && (f & (1u << F_DST_NET)))
-		pk->dst_net = (uint16_t)nfd_nets_lookup(t->nets, fam, da);
+	if (f & (FIELD(F_SADDR) | FIELD(F_DADDR)))
+		ck[t->plan.afam] = (uint8_t)fam;
+	if (t->nets && (f & FIELD(F_SRC_NET)))
+		put16(ck + o[F_SRC_NET], (uint16_t)nfd_nets_lookup(t->nets, fam, sa));
+	if (t->nets && (f & FIELD(F_DST_NET)))
+		put16(ck + o[F_DST_NET], (uint16_t)nfd_nets_lookup(t->nets, fam, da));
 	/* Constant sizes: copied inline, no call. */
-	if (f & (1u << F_SADDR)) {
+	if (f & FIELD(F_SADDR)) {
 		if (fam == 4)
-			memcpy(pk->saddr, sa, 4);
+			memcpy(ck + o[F_SADDR], sa, 4);
 		else
-			memcpy(pk->saddr, sa, 16);
+			memcpy(ck + o[F_SADDR], sa, 16);
 		if (mask < full)
-			nfd_mask_addr(pk->saddr, fam, mask);
+			nfd_mask_addr(ck + o[F_SADDR], fam, mask);
 	}
-	if (f & (1u << F_DADDR)) {
+	if (f & FIELD(F_DADDR)) {
 		if (fam == 4)
-			memcpy(pk->daddr, da, 4);
+			memcpy(ck + o[F_DADDR], da, 4);
 		else
-			memcpy(pk->daddr, da, 16);
+			memcpy(ck + o[F_DADDR], da, 16);
 		if (mask < full)
-			nfd_mask_addr(pk->daddr, fam, mask);
+			nfd_mask_addr(ck + o[F_DADDR], fam, mask);
 	}
 }
 
-/* Only the chosen fields go into the key; the rest stay zero so records differing there merge. */
-static void key_build(const struct agg_table *t, const struct nfd_record *r, struct agg_key *k)
+/* Pack the record's key: only the chosen fields go in, so records differing elsewhere merge. */
+static void key_build(const struct agg_table *t, const struct nfd_record *r, uint8_t *ck)
 {
 	uint32_t f = t->fields;
+	const uint8_t *o = t->plan.off;
+	uint8_t flags = 0, v;
 
-	memset(k, 0, AGG_KEY_FIXED);
-	if (t->payload)
-		memset(&k->pk, 0, sizeof(k->pk));
-	if (f & (1u << F_GROUP)) k->group = r->group;
-	if (f & (1u << F_INDEV)) k->indev = r->indev;
-	if (f & (1u << F_OUTDEV)) k->outdev = r->outdev;
-	if (f & (1u << F_PHYSINDEV)) k->physindev = r->physindev;
-	if (f & (1u << F_PHYSOUTDEV)) k->physoutdev = r->physoutdev;
-	if ((f & (1u << F_UID)) && REC_HAS(r, NFULA_UID)) {
-		k->uid = r->uid;
-		k->flags |= KEY_HAS_UID;
+	zero_fixed(ck);
+	if (f & FIELD(F_GROUP)) put16(ck + o[F_GROUP], r->group);
+	if (f & FIELD(F_INDEV)) put32(ck + o[F_INDEV], r->indev);
+	if (f & FIELD(F_OUTDEV)) put32(ck + o[F_OUTDEV], r->outdev);
+	if (f & FIELD(F_PHYSINDEV)) put32(ck + o[F_PHYSINDEV], r->physindev);
+	if (f & FIELD(F_PHYSOUTDEV)) put32(ck + o[F_PHYSOUTDEV], r->physoutdev);
+	if ((f & FIELD(F_UID)) && REC_HAS(r, NFULA_UID)) {
+		put32(ck + o[F_UID], r->uid);
+		flags |= KEY_HAS_UID;
 	}
-	if ((f & (1u << F_GID)) && REC_HAS(r, NFULA_GID)) {
-		k->gid = r->gid;
-		k->flags |= KEY_HAS_GID;
+	if ((f & FIELD(F_GID)) && REC_HAS(r, NFULA_GID)) {
+		put32(ck + o[F_GID], r->gid);
+		flags |= KEY_HAS_GID;
 	}
-	if (f & (1u << F_FAMILY)) k->family = r->family;
-	if ((f & (1u << F_PROTO)) && r->has_l4proto) {
-		k->proto = r->l4proto;
-		k->flags |= KEY_HAS_PROTO;
+	if (f & FIELD(F_FAMILY)) ck[o[F_FAMILY]] = r->family;
+	if ((f & FIELD(F_PROTO)) && r->has_l4proto) {
+		ck[o[F_PROTO]] = r->l4proto;
+		flags |= KEY_HAS_PROTO;
 	}
-	if (f & (1u << F_HOOK)) k->hook = r->hook;
-	if (f & (1u << F_MARK)) k->mark = r->mark;
-	if (f & (1u << F_HWPROTO)) k->hwproto = r->hw_protocol;
+	if (f & FIELD(F_HOOK)) ck[o[F_HOOK]] = r->hook;
+	if (f & FIELD(F_MARK)) put32(ck + o[F_MARK], r->mark);
+	if (f & FIELD(F_HWPROTO)) put16(ck + o[F_HWPROTO], r->hw_protocol);
 	if (f & FIELDS_ADDR)
-		key_addresses(t, r, k);
-	if (f & ((1u << F_SPORT) | (1u << F_DPORT))) {
+		key_addresses(t, r, ck);
+	if (f & (FIELD(F_SPORT) | FIELD(F_DPORT))) {
 		uint16_t sport, dport;
 		if (nfd_record_ports(r, &sport, &dport)) {
-			k->flags |= KEY_HAS_PORTS;
-			if (f & (1u << F_SPORT)) k->pk.sport = sport;
-			if (f & (1u << F_DPORT)) k->pk.dport = dport;
+			flags |= KEY_HAS_PORTS;
+			if (f & FIELD(F_SPORT)) put16(ck + o[F_SPORT], sport);
+			if (f & FIELD(F_DPORT)) put16(ck + o[F_DPORT], dport);
 		}
 	}
-	if ((f & (1u << F_ICMP_TYPE)) && nfd_record_icmp_type(r, &k->pk.icmp_type))
-		k->flags |= KEY_HAS_ICMP | (r->l4proto == 58 ? KEY_ICMP6 : 0);
-	if ((f & (1u << F_TCP_FLAGS)) && nfd_record_tcp_flags(r, &k->pk.tcp_flags))
-		k->flags |= KEY_HAS_TCP_FLAGS;
-	if (f & (1u << F_CT_STATE)) k->pk.ct_state = (uint8_t)nfd_record_ct_state(r);
-	if ((f & (1u << F_PREFIX)) && r->prefix_len) {
-		k->prefix_len = (uint8_t)r->prefix_len;
-		copy_bytes((uint8_t *)k->prefix, r->prefix, r->prefix_len);
+	if ((f & FIELD(F_ICMP_TYPE)) && nfd_record_icmp_type(r, &v)) {
+		ck[o[F_ICMP_TYPE]] = v;
+		flags |= KEY_HAS_ICMP | (r->l4proto == 58 ? KEY_ICMP6 : 0);
+	}
+	if ((f & FIELD(F_TCP_FLAGS)) && nfd_record_tcp_flags(r, &v)) {
+		ck[o[F_TCP_FLAGS]] = v;
+		flags |= KEY_HAS_TCP_FLAGS;
+	}
+	if (f & FIELD(F_CT_STATE)) ck[o[F_CT_STATE]] = (uint8_t)nfd_record_ct_state(r);
+	ck[0] = flags;
+	if ((f & FIELD(F_PREFIX)) && r->prefix_len) {
+		ck[1] = (uint8_t)r->prefix_len;
+		copy_bytes(ck + t->plan.fixed, r->prefix, r->prefix_len);
 	}
 }
 
@@ -321,11 +337,9 @@ int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_b
 {
 	memset(t, 0, sizeof(*t));
 	t->fields = fields;
-	t->payload = (fields & FIELDS_PAYLOAD) != 0;
+	plan_make(&t->plan, fields);
 	if (getrandom(&t->seed, sizeof(t->seed), GRND_NONBLOCK) != sizeof(t->seed))
 		t->seed = (uint64_t)(uintptr_t)t ^ 0x243f6a8885a308d3ull;  /* no entropy yet: still varies */
-	for (size_t i = 0; i < sizeof(t->secrets) / sizeof(t->secrets[0]); i++)
-		t->secrets[i] = mum(t->seed ^ H_P0, (i + 1) * H_P2) | 1;
 	t->mask4 = 32;
 	t->mask6 = 128;
 	t->max_keys = max_keys;
@@ -412,7 +426,7 @@ void agg_relabel(struct agg_table *t, uint32_t fields)
 	t->sketch_total = 0;
 	t->pressure_until = 0;
 	t->fields = fields;
-	t->payload = (fields & FIELDS_PAYLOAD) != 0;
+	plan_make(&t->plan, fields);
 }
 
 void agg_destroy(struct agg_table *t)
@@ -457,10 +471,16 @@ static bool reserve_key(struct agg_table *t)
 
 #define SLOT_TAG_MASK 0xffffffff00000000ull
 
-/* The slot naming entry `index` (0-based), whose key hashes to h. */
-static inline uint64_t slot_make(uint64_t h, size_t index)
+/* The slot naming entry `index` (0-based), whose key's tag (hash >> 32) is tag. */
+static inline uint64_t slot_make(uint32_t tag, size_t index)
 {
-	return (h & SLOT_TAG_MASK) | (uint32_t)(index + 1);
+	return (uint64_t)tag << 32 | (uint32_t)(index + 1);
+}
+
+/* Where the probe for a key whose tag is tag starts. */
+static inline size_t slot_home(const struct agg_table *t, uint32_t tag)
+{
+	return tag & (t->nslots - 1);
 }
 
 /* The entry a non-empty slot names. */
@@ -476,10 +496,10 @@ static int grow_slots(struct agg_table *t)
 	if (!slots)
 		return -ENOMEM;
 	for (size_t i = 0; i < t->nentries; i++) {
-		size_t j = t->entries[i].hash & mask;
+		size_t j = t->entries[i].tag & mask;
 		while (slots[j])
 			j = (j + 1) & mask;
-		slots[j] = slot_make(t->entries[i].hash, i);
+		slots[j] = slot_make(t->entries[i].tag, i);
 	}
 	free(t->slots);
 	t->slots = slots;
@@ -490,16 +510,20 @@ static int grow_slots(struct agg_table *t)
 static int grow_entries(struct agg_table *t)
 {
 	size_t cap = t->capacity ? t->capacity * 2 : 64;
-	struct agg_entry *e = realloc(t->entries, cap * sizeof(*e));
-	if (!e)
+	void *e;
+	/* Not realloc: it keeps only malloc's alignment. */
+	if (posix_memalign(&e, AGG_ENTRY_ALIGN, cap * sizeof(struct agg_entry)) != 0)
 		return -ENOMEM;
+	if (t->nentries)
+		memcpy(e, t->entries, t->nentries * sizeof(struct agg_entry));
+	free(t->entries);
 	t->entries = e;
 	t->capacity = cap;
 	return 0;
 }
 
 /* A new entry for key, counting rec; the key is reserved already. -ENOMEM leaves the table as is. */
-static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t h,
+static int insert_entry(struct agg_table *t, const uint8_t *key, uint64_t h,
 			uint32_t ip_len, uint32_t recent)
 {
 	size_t mask, j;
@@ -508,27 +532,27 @@ static int insert_entry(struct agg_table *t, const struct agg_key *key, uint64_t
 	    ((t->nentries + 1) * 2 > t->nslots && grow_slots(t) < 0))
 		return -ENOMEM;
 	mask = t->nslots - 1;
-	for (j = h & mask; t->slots[j]; j = (j + 1) & mask)
+	for (j = slot_home(t, (uint32_t)(h >> 32)); t->slots[j]; j = (j + 1) & mask)
 		;
 	struct agg_entry *e = &t->entries[t->nentries];
-	key_copy(t, &e->key, key);
-	e->hash = h;
+	memcpy(e->ckey, key, agg_ckey_len(&t->plan, key));
+	e->tag = (uint32_t)(h >> 32);
 	e->serial = ++t->last_serial;  /* a new key in this entry: readers' caches must not match */
 	e->packets = 1;
 	e->bytes = ip_len;
 	e->recent = recent;
 	e->last_seen = e->admitted = t->now;
-	t->slots[j] = slot_make(h, t->nentries++);
+	t->slots[j] = slot_make(e->tag, t->nentries++);
 	t->shape++;
 	t->hot = t->nentries;
-	t->hot_serial = e->serial;
+	t->hot_shape = t->shape;
 	t->churn.admitted++;
 	return 0;
 }
 
 static size_t slot_of(const struct agg_table *t, size_t index)
 {
-	size_t mask = t->nslots - 1, j = t->entries[index].hash & mask;
+	size_t mask = t->nslots - 1, j = slot_home(t, t->entries[index].tag);
 	while ((uint32_t)t->slots[j] != index + 1)
 		j = (j + 1) & mask;
 	return j;
@@ -545,7 +569,7 @@ static void remove_entry(struct agg_table *t, size_t i)
 	/* Linear probing's backward-shift delete: no tombstones, so lookups stay one probe run. */
 	t->slots[j] = 0;
 	for (k = (j + 1) & mask; t->slots[k]; k = (k + 1) & mask) {
-		size_t ideal = t->entries[slot_index(t->slots[k])].hash & mask;
+		size_t ideal = slot_home(t, (uint32_t)(t->slots[k] >> 32));
 		if (((k - ideal) & mask) >= ((k - j) & mask)) {
 			t->slots[j] = t->slots[k];
 			t->slots[k] = 0;
@@ -553,7 +577,7 @@ static void remove_entry(struct agg_table *t, size_t i)
 		}
 	}
 	if (i != last) {
-		t->slots[slot_of(t, last)] = slot_make(t->entries[last].hash, i);
+		t->slots[slot_of(t, last)] = slot_make(t->entries[last].tag, i);
 		t->entries[i] = t->entries[last];
 		for (size_t v = 0; v < t->nvictims; v++)
 			if (t->victims[v].index == last)
@@ -568,8 +592,8 @@ static void remove_entry(struct agg_table *t, size_t i)
 _Static_assert(16 + AGG_SKETCH_DEPTH * AGG_SKETCH_BITS <= 64, "the sketch's rows need more hash bits");
 
 /* Adds one record of the key hashed h; returns its estimate, 0 when there is no sketch (no memory).
- * Each row's index is 12 bits of the key hash, from bit 16 up (key_hash() mixes every bit; the
- * slots use the low bits), so no second hash is computed per record. */
+ * Each row's index is 12 bits of the key hash, from bit 16 up (key_hash() mixes every bit), so no
+ * second hash is computed per record. */
 static uint32_t sketch_add(struct agg_table *t, uint64_t h)
 {
 	uint32_t lo = UINT32_MAX, *c[AGG_SKETCH_DEPTH];
@@ -597,7 +621,7 @@ static long lightest_victim(struct agg_table *t)
 {
 	while (t->nvictims) {
 		struct agg_victim *v = &t->victims[t->nvictims - 1];
-		if (v->index < t->nentries && t->entries[v->index].hash == v->hash)
+		if (v->index < t->nentries && t->entries[v->index].serial == v->serial)
 			return (long)v->index;
 		t->nvictims--;
 	}
@@ -640,7 +664,7 @@ static bool displace_elsewhere(struct agg_table *t, uint32_t est)
  * else another's sharing the budget) when its key is clearly heavier, else it counts in the
  * remainder. A displacement moves the victim's counts into its table's remainder and hands its
  * reserved key to the newcomer, so the count of held keys never changes on the way. */
-static void no_entry(struct agg_table *t, const struct agg_key *key, uint64_t h, uint32_t ip_len)
+static void no_entry(struct agg_table *t, const uint8_t *key, uint64_t h, uint32_t ip_len)
 {
 	uint32_t est;
 
@@ -669,18 +693,17 @@ static inline void count_on(struct agg_table *t, struct agg_entry *e, uint32_t i
 }
 
 /* The hot entry (the previous record's), when it holds key k. */
-static inline struct agg_entry *hot_entry(struct agg_table *t, const struct agg_key *k,
-					  const uint8_t *prefix)
+static inline struct agg_entry *hot_entry(struct agg_table *t, const uint8_t *k)
 {
-	if (!t->hot || t->hot > t->nentries)
+	if (!t->hot || t->hot_shape != t->shape)
 		return NULL;
 	struct agg_entry *e = &t->entries[t->hot - 1];
-	return e->serial == t->hot_serial && key_equal(t, &e->key, k, prefix) ? e : NULL;
+	return key_equal(t, e->ckey, k) ? e : NULL;
 }
 
 /* A record of key k (hashed h), which has no entry: it needs room in the table, the limits and
  * memory (and, under pressure, a fill token); else see no_entry(). */
-static void fold_new_key(struct agg_table *t, const struct agg_key *k, uint64_t h, uint32_t ip_len)
+static void fold_new_key(struct agg_table *t, const uint8_t *k, uint64_t h, uint32_t ip_len)
 {
 	bool pressed = t->policy.ttl && t->policy.admit_rate && t->now < t->pressure_until;
 	if (!pressed || t->fill_tokens) {
@@ -703,18 +726,18 @@ static void fold_new_key(struct agg_table *t, const struct agg_key *k, uint64_t 
 
 /* Count one record of key k (hashed h) on its entry, else as a new key; the hot entry becomes
  * the one counted on (t->hot 0: the remainder). */
-static void fold_key(struct agg_table *t, const struct agg_key *k, uint64_t h, uint32_t ip_len)
+static void fold_key(struct agg_table *t, const uint8_t *k, uint64_t h, uint32_t ip_len)
 {
 	size_t mask = t->nslots - 1, j;
 
-	for (j = h & mask; t->slots[j]; j = (j + 1) & mask) {
+	for (j = slot_home(t, (uint32_t)(h >> 32)); t->slots[j]; j = (j + 1) & mask) {
 		if ((t->slots[j] & SLOT_TAG_MASK) != (h & SLOT_TAG_MASK))
 			continue;  /* another key: its entry need not be read */
 		struct agg_entry *e = &t->entries[slot_index(t->slots[j])];
-		if (e->hash == h && settled_key_equal(t, &e->key, k)) {
+		if (key_equal(t, e->ckey, k)) {
 			count_on(t, e, ip_len);
 			t->hot = slot_index(t->slots[j]) + 1;
-			t->hot_serial = e->serial;
+			t->hot_shape = t->shape;
 			return;
 		}
 	}
@@ -724,17 +747,16 @@ static void fold_key(struct agg_table *t, const struct agg_key *k, uint64_t h, u
 /* One record at a time (tests, tools): fold_key reads the key just built, which agg_ahead_* avoid. */
 void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 {
-	struct agg_key key;
+	uint8_t key[AGG_CKEY_MAX];
 	struct agg_entry *e;
 
 	t->records++;
-	key_build(t, rec, &key);
-	/* key.prefix holds prefix_len bytes of rec->prefix (none unless prefix is a field) */
-	if ((e = hot_entry(t, &key, rec->prefix))) {
+	key_build(t, rec, key);
+	if ((e = hot_entry(t, key))) {
 		count_on(t, e, rec->ip_len);
 		return;
 	}
-	fold_key(t, &key, key_hash(t, &key, rec->prefix), rec->ip_len);
+	fold_key(t, key, key_hash(t, key), rec->ip_len);
 }
 
 /* ---- folding a datagram's records a few at a time -------------------------------------- */
@@ -745,14 +767,13 @@ void agg_fold(struct agg_table *t, const struct nfd_record *rec)
 static inline void settle(const struct agg_table *t, struct agg_ahead *a, unsigned i)
 {
 	struct agg_pending *p = &a->p[i];
-	const uint8_t *prefix = (const uint8_t *)p->key.prefix;
 
-	p->same = i && key_equal(t, &a->p[i - 1].key, &p->key, prefix);
+	p->same = i && key_equal(t, a->p[i - 1].ckey, p->ckey);
 	if (p->same) {
 		p->hash = a->p[i - 1].hash;
 	} else {
-		p->hash = key_hash(t, &p->key, prefix);
-		__builtin_prefetch(&t->slots[p->hash & (t->nslots - 1)]);
+		p->hash = key_hash(t, p->ckey);
+		__builtin_prefetch(&t->slots[slot_home(t, (uint32_t)(p->hash >> 32))]);
 	}
 }
 
@@ -760,7 +781,7 @@ void agg_ahead_add(struct agg_ahead *a, const struct nfd_record *rec)
 {
 	struct agg_pending *p = &a->p[a->n];
 
-	key_build(a->t, rec, &p->key);
+	key_build(a->t, rec, p->ckey);
 	p->ip_len = rec->ip_len;
 	if (a->n)
 		settle(a->t, a, a->n - 1);
@@ -784,13 +805,15 @@ static void prefetch_entry(const struct agg_table *t, struct agg_pending *p)
 	uint64_t tag = p->hash & SLOT_TAG_MASK;
 
 	p->missed = false;
-	for (j = p->hash & mask; t->slots[j]; j = (j + 1) & mask) {
+	for (j = slot_home(t, (uint32_t)(tag >> 32)); t->slots[j]; j = (j + 1) & mask) {
 		if ((t->slots[j] & SLOT_TAG_MASK) == tag) {
-			/* key_equal reads the hash, the fixed key, pk and the prefix: three lines */
+			/* The counters and the key up to the end of its prefix (agg_entry's layout). */
 			const char *e = (const char *)&t->entries[slot_index(t->slots[j])];
+			p->found = (uint32_t)t->slots[j];
+			size_t end = offsetof(struct agg_entry, ckey) + agg_ckey_len(&t->plan, p->ckey);
 			__builtin_prefetch(e);
-			__builtin_prefetch(e + 64);
-			__builtin_prefetch(e + 128);
+			for (size_t line = 64; line < end; line += 64)
+				__builtin_prefetch(e + line);
 			return;
 		}
 	}
@@ -821,21 +844,31 @@ void agg_ahead_flush(struct agg_ahead *a)
 		t->records++;
 		/* The hot entry is where the previous record went: the same key's record counts there
 		 * unless that entry moved since (its serial), the batch's first compares its key. */
-		if (p->same && t->hot && t->hot <= t->nentries &&
-		    t->entries[t->hot - 1].serial == t->hot_serial) {
+		if (p->same && t->hot && t->hot_shape == t->shape) {
 			count_on(t, &t->entries[t->hot - 1], p->ip_len);
 			continue;
 		}
-		if (i == 0 && (e = hot_entry(t, &p->key, (const uint8_t *)p->key.prefix))) {
+		if (i == 0 && (e = hot_entry(t, p->ckey))) {
 			count_on(t, e, p->ip_len);
 			continue;
 		}
-		/* A random-source flood's records mostly have no entry: found so above, unless an entry
-		 * came or went since, they need not probe again. */
-		if (!p->same && p->missed && t->shape == shape)
-			fold_new_key(t, &p->key, p->hash, p->ip_len);
-		else
-			fold_key(t, &p->key, p->hash, p->ip_len);
+		/* What the probe above found holds unless an entry came or went since: no second probe
+		 * for a record with no entry (most of a random-source flood's) or whose tag named its
+		 * entry (all but a tag collision's). */
+		if (!p->same && t->shape == shape) {
+			if (p->missed) {
+				fold_new_key(t, p->ckey, p->hash, p->ip_len);
+				continue;
+			}
+			e = &t->entries[slot_index(p->found)];
+			if (key_equal(t, e->ckey, p->ckey)) {
+				count_on(t, e, p->ip_len);
+				t->hot = p->found;
+				t->hot_shape = t->shape;
+				continue;
+			}
+		}
+		fold_key(t, p->ckey, p->hash, p->ip_len);
 	}
 }
 
@@ -914,7 +947,7 @@ void agg_tick(struct agg_table *t, uint32_t now)
 		e->recent >>= shift;
 		if (!keep || t->now - e->admitted < p->min_residency)
 			continue;
-		struct agg_victim v = {.index = (uint32_t)i, .hash = e->hash, .recent = e->recent};
+		struct agg_victim v = {.index = (uint32_t)i, .recent = e->recent, .serial = e->serial};
 		if (t->nvictims < keep) {
 			t->victims[t->nvictims] = v;
 			heap_up(t->victims, t->nvictims++);

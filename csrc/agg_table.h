@@ -39,48 +39,64 @@ extern const char *const agg_field_names[F_NFIELDS];
 #define KEY_ICMP6 32u      /* the ICMP type is ICMPv6's */
 #define KEY_HAS_TCP_FLAGS 64u
 
-/* What a key takes from the payload. Apart, so tables keyed on none of these never clear, hash or
- * compare it (the default labels pay nothing for them), and before the prefix, so tables keyed on
- * them find it in the cache lines a lookup reads anyway. Addresses take 16
- * bytes whatever the family (addr_family says which), already reduced to the table's mask. */
+/* A key's values, unpacked for readers (agg_ckey_unpack): fields not keyed on are 0. Addresses take
+ * 16 bytes whatever the family (addr_family says which), already reduced to the table's mask. */
 struct agg_pkey {
 	uint8_t addr_family, icmp_type, tcp_flags, ct_state;  /* addr_family 4, 6 or 0: none */
 	uint16_t sport, dport;
 	uint16_t src_net, dst_net;   /* 1-based index into the table's networks; 0: none */
-	uint8_t pad[4];
-	uint8_t saddr[16], daddr[16];  /* adjacent: compared as one 32-byte block */
+	uint8_t saddr[16], daddr[16];
 };
 
-/* Fixed part first, in 8-byte words, so hashing and comparing are word loops. A key is hashed and
- * compared as [0, AGG_KEY_FIXED), then pk in tables with payload fields, then prefix_len bytes. */
 struct agg_key {
 	uint32_t indev, outdev, physindev, physoutdev;
 	uint32_t uid, gid, mark;
 	uint16_t group, hwproto;
 	uint8_t family, proto, hook, flags;
-	uint8_t prefix_len, pad[3];
-	struct agg_pkey pk;          /* only in tables with payload fields (agg_table.payload) */
+	uint8_t prefix_len;
+	struct agg_pkey pk;
 	char prefix[NFD_PREFIX_MAX + 1];
 };
-#define AGG_KEY_FIXED offsetof(struct agg_key, pk)
 
-/* Counters and hash first: a lookup reads them and the key's start in one or two cache lines.
- * Entries move: removing one moves the last into its place (remove_entry), and relabel/clear drop
- * them all. So never keep an entry's index or address across agg_tick, a fold of a new key,
- * agg_relabel or agg_clear (a "same key as the last record" cache must be reset by those). */
+/* How a table stores, hashes and compares its keys: packed, only the fields it is keyed on, so a
+ * lookup reads as few cache lines as the key needs (the address labels' keys fit one line with
+ * their counters). Byte 0 is the key's flags (KEY_HAS_*), byte 1 its prefix_len; then each keyed
+ * field at off[field] in the width of its agg_key member, addr_family at afam when an address is
+ * keyed on; the prefix's bytes from `fixed` on. Every byte below fixed is written for every key,
+ * so keys compare as bytes. A relabel changes the plan, and drops every key packed by the old. */
+#define AGG_CKEY_FIXED_MAX 96        /* >= every plan's fixed part (checked in agg_table.c) */
+#define AGG_CKEY_MAX 216             /* fixed part and prefix: an entry is 256 bytes */
+struct agg_ckey_plan {
+	uint32_t fields;
+	uint8_t off[F_NFIELDS];
+	uint8_t afam, fixed;
+};
+/* A packed key's length. */
+static inline size_t agg_ckey_len(const struct agg_ckey_plan *pl, const uint8_t *ck)
+{
+	return (size_t)pl->fixed + ck[1];
+}
+void agg_ckey_unpack(const struct agg_ckey_plan *pl, const uint8_t *ck, struct agg_key *k);
+
+/* 256 bytes, in an array aligned to cache lines: the counters and the packed key from byte 32 on,
+ * so a lookup whose key is under 32 bytes reads one line. Entries move: removing one moves the
+ * last into its place (remove_entry), and relabel/clear drop them all. So never keep an entry's
+ * index or address across agg_tick, a fold of a new key, agg_relabel or agg_clear (a "same key as
+ * the last record" cache must be reset by those). */
 struct agg_entry {
-	uint64_t hash;
 	uint64_t packets, bytes;
-	/* Names this entry for its whole life, wherever it moves in `entries`, and is never reused
-	 * by this table (from 1): readers cache per entry by it (exposition.c's label strings, the
-	 * hot entry below). Whatever puts a new key into an entry (insert, displacement) gives it a
-	 * new serial: ++last_serial. */
-	uint64_t serial;
 	uint32_t recent;    /* records in the decaying window (halved every decay period) */
 	uint32_t last_seen; /* agg_table.now at its last record */
+	uint32_t tag;       /* the key hash's high 32 bits, as in its slot: where its probe starts */
 	uint32_t admitted;  /* agg_table.now when it got its entry */
-	struct agg_key key;
+	uint8_t ckey[AGG_CKEY_MAX];  /* packed by the table's plan */
+	/* Names this entry for its whole life, wherever it moves in `entries`, and is never reused
+	 * by this table (from 1): readers cache per entry by it (exposition.c's label strings).
+	 * Whatever puts a new key into an entry (insert, displacement) gives it a new serial:
+	 * ++last_serial. Last: folding never reads it. */
+	uint64_t serial;
 };
+#define AGG_ENTRY_ALIGN 64
 
 /* The budget's policy; 0 disables a mechanism. */
 struct agg_policy {
@@ -116,8 +132,8 @@ struct agg_policy {
 
 struct agg_victim {
 	uint32_t index;
-	uint64_t hash;    /* the entry still there? (a safety net: removals fix indexes up) */
 	uint32_t recent;  /* at the sweep */
+	uint64_t serial;  /* the entry still there? (a safety net: removals fix indexes up) */
 };
 
 struct agg_churn {
@@ -143,29 +159,29 @@ void agg_budget_destroy(struct agg_budget *b);
 struct agg_table {
 	pthread_mutex_t lock;
 	uint32_t fields;            /* bit per enum agg_field */
-	bool payload;               /* a field lives in agg_key.pk */
+	struct agg_ckey_plan plan;  /* of these fields */
 	uint64_t seed;              /* of the key hash, random per table */
-	uint64_t secrets[12];       /* derived from seed, one per hashed word */
 	uint8_t mask4, mask6;       /* address_mask: prefix lengths saddr/daddr are reduced to */
 	const struct nfd_nets *nets;  /* for src_net/dst_net; owned by the caller, may be NULL */
 	size_t max_keys;
 	struct agg_budget *budget;  /* may be NULL */
 	struct agg_table *next_member;  /* in budget->members */
-	/* Open addressing. A slot is the key hash's high 32 bits (a tag) over index + 1 into entries
-	 * in its low 32 bits; 0 = empty. A lookup compares tags first, so a miss (every record of a
-	 * random-source flood) reads only this array, not the entries it would pass over. */
+	/* Open addressing. A slot is the key hash's high 32 bits (a tag, whose low bits are the slot
+	 * its probe starts at) over index + 1 into entries in its low 32 bits; 0 = empty. A lookup
+	 * compares tags first, so a miss (every record of a random-source flood) reads only this
+	 * array, not the entries it would pass over; moving slots needs no entry read. */
 	uint64_t *slots;
 	size_t nslots;              /* power of two */
-	struct agg_entry *entries;  /* dense, in insertion order */
+	struct agg_entry *entries;  /* dense, in insertion order; AGG_ENTRY_ALIGN-aligned */
 	size_t nentries, capacity;
 	uint64_t overflow_packets, overflow_bytes, records;
 	uint64_t last_serial;       /* of the newest entry; agg_clear keeps counting */
-	/* The entry the previous record went to (index + 1, and its serial in case entries moved):
-	 * floods are runs of one key, so it is tried before hashing. */
-	size_t hot;
-	uint64_t hot_serial;
 	/* Counts every entry added or removed: a lookup's result holds while it is unchanged. */
 	uint32_t shape;
+	/* The entry the previous record went to (index + 1; 0 none), good while shape is still
+	 * hot_shape: floods are runs of one key, so it is tried before hashing. */
+	size_t hot;
+	uint32_t hot_shape;
 	struct agg_policy policy;
 	uint32_t now;               /* coarse clock, seconds since clock_base (agg_clock, agg_tick) */
 	time_t clock_base;          /* CLOCK_MONOTONIC_COARSE second that is the table's second 0 */
@@ -198,8 +214,9 @@ struct agg_pending {
 	uint64_t hash;
 	uint32_t ip_len;
 	bool same;                  /* the same key as the record before it in the batch */
-	bool missed;                /* no entry held its key when the batch was prefetched */
-	struct agg_key key;
+	bool missed;                /* no slot's tag was its key's when the batch was prefetched */
+	uint32_t found;             /* else the first slot whose was (its entry's index + 1) */
+	uint8_t ckey[AGG_CKEY_MAX];
 };
 struct agg_ahead {
 	struct agg_table *t;        /* folded into; set by the caller */

@@ -424,13 +424,13 @@ static PyObject *key_value(const AggregatorObject *self, const struct agg_key *k
 /* A key as a tuple of its values in this field order: what snapshot() and Counts.rows() list
  * and CounterRenderer's label callable is given. */
 PyObject *aggregator_key_tuple(PyObject *agg, const int *order, int nfields,
-			       const struct agg_entry *e)
+			       const struct agg_key *k)
 {
 	PyObject *key = PyTuple_New(nfields);
 	if (!key)
 		return NULL;
 	for (int i = 0; i < nfields; i++) {
-		PyObject *v = key_value((AggregatorObject *)agg, &e->key, order[i]);
+		PyObject *v = key_value((AggregatorObject *)agg, k, order[i]);
 		if (!v) {
 			Py_DECREF(key);
 			return NULL;
@@ -454,10 +454,12 @@ int aggregator_check_ready(PyObject *agg)
 }
 
 /* (key, packets, bytes) with the key in the given field order (copied with the entries). */
-static PyObject *row(AggregatorObject *self, const int *order, int nfields,
-		     const struct agg_entry *e)
+static PyObject *row(AggregatorObject *self, const struct agg_ckey_plan *plan, const int *order,
+		     int nfields, const struct agg_entry *e)
 {
-	PyObject *key = aggregator_key_tuple((PyObject *)self, order, nfields, e);
+	struct agg_key k;
+	agg_ckey_unpack(plan, e->ckey, &k);
+	PyObject *key = aggregator_key_tuple((PyObject *)self, order, nfields, &k);
 	if (!key)
 		return NULL;
 	return Py_BuildValue("(NKK)", key, (unsigned long long)e->packets,
@@ -479,6 +481,7 @@ PyDoc_STRVAR(snapshot_doc,
 struct agg_copy {
 	struct agg_entry *entries;
 	size_t n;
+	struct agg_ckey_plan plan;  /* the entries' keys were packed by it */
 	int order[F_NFIELDS], nfields;
 	unsigned long long overflow_packets, overflow_bytes;
 };
@@ -498,6 +501,7 @@ static int take_copy(AggregatorObject *self, struct agg_copy *c)
 		else
 			nomem = 1;
 	}
+	c->plan = self->t.plan;
 	memcpy(c->order, self->order, sizeof(c->order));
 	c->nfields = self->nfields;
 	c->overflow_packets = self->t.overflow_packets;
@@ -515,7 +519,7 @@ static PyObject *copy_rows(AggregatorObject *self, struct agg_copy *c)
 {
 	PyObject *list = PyList_New((Py_ssize_t)c->n);
 	for (size_t i = 0; list && i < c->n; i++) {
-		PyObject *r = row(self, c->order, c->nfields, &c->entries[i]);
+		PyObject *r = row(self, &c->plan, c->order, c->nfields, &c->entries[i]);
 		if (!r) {
 			Py_CLEAR(list);
 			break;

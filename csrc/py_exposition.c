@@ -17,35 +17,10 @@ struct count_item {
 	size_t key_off;           /* the packed key (key_pack) at keys + key_off */
 };
 
-/* A key packed as the table compares it: the fixed part, pk in tables with payload fields, then
- * prefix_len bytes of prefix; rounded to 8 bytes so the next one stays aligned. */
-static size_t key_packed_size(bool payload, const struct agg_key *k)
+/* Room for a packed key (agg_ckey_len), rounded to 8 bytes so the next one stays aligned. */
+static size_t key_room(const struct agg_ckey_plan *pl, const uint8_t *ck)
 {
-	size_t n = AGG_KEY_FIXED + (payload ? sizeof(k->pk) : 0) + k->prefix_len;
-	return (n + 7u) & ~(size_t)7u;
-}
-
-static void key_pack(bool payload, const struct agg_key *k, char *dst)
-{
-	memcpy(dst, k, AGG_KEY_FIXED);
-	dst += AGG_KEY_FIXED;
-	if (payload) {
-		memcpy(dst, &k->pk, sizeof(k->pk));
-		dst += sizeof(k->pk);
-	}
-	memcpy(dst, k->prefix, k->prefix_len);
-}
-
-static void key_unpack(bool payload, const char *src, struct agg_key *k)
-{
-	memset(k, 0, sizeof(*k));
-	memcpy(k, src, AGG_KEY_FIXED);
-	src += AGG_KEY_FIXED;
-	if (payload) {
-		memcpy(&k->pk, src, sizeof(k->pk));
-		src += sizeof(k->pk);
-	}
-	memcpy(k->prefix, src, k->prefix_len);
+	return (agg_ckey_len(pl, ck) + 7u) & ~(size_t)7u;
 }
 
 typedef struct {
@@ -53,7 +28,7 @@ typedef struct {
 	PyObject *agg;            /* the Aggregator copied: the renderer's cache key */
 	int order[F_NFIELDS];     /* its field order when copied (keys are read in it) */
 	int nfields;
-	bool payload;             /* the table's keys carry pk */
+	struct agg_ckey_plan plan;  /* the keys were packed by it */
 	struct count_item *items;
 	size_t n;
 	char *keys;
@@ -68,11 +43,11 @@ static int copy_table(struct agg_table *t, CountsObject *c)
 	pthread_mutex_lock(&t->lock);
 	aggregator_order(c->agg, c->order, &c->nfields);  /* a relabel may change it, under the lock */
 	c->n = t->nentries;
-	c->payload = t->payload;
+	c->plan = t->plan;
 	c->overflow_packets = t->overflow_packets;
 	c->overflow_bytes = t->overflow_bytes;
 	for (size_t i = 0; i < c->n; i++)
-		keys_len += key_packed_size(c->payload, &t->entries[i].key);
+		keys_len += key_room(&c->plan, t->entries[i].ckey);
 	c->items = malloc((c->n ? c->n : 1) * sizeof(*c->items));
 	c->keys = malloc(keys_len ? keys_len : 1);
 	if (c->items && c->keys) {
@@ -81,8 +56,8 @@ static int copy_table(struct agg_table *t, CountsObject *c)
 			const struct agg_entry *e = &t->entries[i];
 			c->items[i] = (struct count_item){.serial = e->serial, .packets = e->packets,
 							  .bytes = e->bytes, .key_off = off};
-			key_pack(c->payload, &e->key, c->keys + off);
-			off += key_packed_size(c->payload, &e->key);
+			memcpy(c->keys + off, e->ckey, agg_ckey_len(&c->plan, e->ckey));
+			off += key_room(&c->plan, e->ckey);
 		}
 		ok = 1;
 	}
@@ -128,9 +103,9 @@ static void counts_dealloc(CountsObject *self)
 /* Item i's key as snapshot() has it. */
 static PyObject *counts_key(const CountsObject *c, size_t i)
 {
-	struct agg_entry e;
-	key_unpack(c->payload, c->keys + c->items[i].key_off, &e.key);
-	return aggregator_key_tuple(c->agg, c->order, c->nfields, &e);
+	struct agg_key k;
+	agg_ckey_unpack(&c->plan, (const uint8_t *)c->keys + c->items[i].key_off, &k);
+	return aggregator_key_tuple(c->agg, c->order, c->nfields, &k);
 }
 
 PyDoc_STRVAR(rows_doc,

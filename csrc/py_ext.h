@@ -35,9 +35,10 @@ PyObject *data_from_message(const struct nlmsghdr *nlh, struct ifresolver *ifr);
 
 /* The aggregator's table, for Nflog.aggregate (which folds into it with the GIL released). */
 struct agg_table *aggregator_table(PyObject *agg);
-/* An entry's key as a tuple of its values in this field order (as snapshot() has it). */
+/* A key (unpacked: agg_ckey_unpack) as a tuple of its values in this field order (as snapshot()
+ * has it). */
 PyObject *aggregator_key_tuple(PyObject *agg, const int *order, int nfields,
-			       const struct agg_entry *e);
+			       const struct agg_key *k);
 /* The aggregator's field order; read with its table's lock held, as a frozen copy must. */
 void aggregator_order(PyObject *agg, int order[F_NFIELDS], int *nfields);
 /* 0, or -1 with RuntimeError when Aggregator.__init__ was not called. */

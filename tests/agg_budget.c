@@ -5,7 +5,7 @@
  * Checked after every fold and tick (the model keeps, per key, the records since its admission):
  * - the sum over rows plus the remainder equals every packet and byte folded, and the remainder
  *   never decreases; every row's count equals its key's records since admission, exactly;
- * - the slots index exactly the rows, each tagged with its row's hash (no lost or duplicate key
+ * - the slots index exactly the rows, each tagged with its row's tag (no lost or duplicate key
  *   after backward-shift deletes);
  * - rows never exceed the budget; the shared budget's `used` equals the rows held;
  * - displacements per second stay within admit_rate; a row expires at the first sweep more
@@ -50,10 +50,18 @@ struct model {
 	uint64_t displaced_seen, admitted_seen;
 };
 
+/* The uid an entry's key holds (the model keys on uid). */
+static uint32_t uid_of(const struct agg_table *t, const struct agg_entry *e)
+{
+	struct agg_key k;
+	agg_ckey_unpack(&t->plan, e->ckey, &k);
+	return k.uid;
+}
+
 static struct agg_entry *find(struct agg_table *t, uint32_t uid)
 {
 	for (size_t i = 0; i < t->nentries; i++)
-		if (t->entries[i].key.uid == uid)
+		if (uid_of(t, &t->entries[i]) == uid)
 			return &t->entries[i];
 	return NULL;
 }
@@ -117,12 +125,12 @@ static void verify(struct model *m)
 	      t->nentries);
 	for (size_t i = 0; i < t->nentries; i++) {
 		const struct agg_entry *e = &t->entries[i];
+		uint32_t uid = uid_of(t, e);
 		p += e->packets;
 		b += e->bytes;
-		CHECK(m->present[e->key.uid], "row %u unknown to the model", e->key.uid);
-		CHECK(e->packets == m->since[e->key.uid], "row %u: %llu packets, %llu since admission",
-		      e->key.uid, (unsigned long long)e->packets,
-		      (unsigned long long)m->since[e->key.uid]);
+		CHECK(m->present[uid], "row %u unknown to the model", uid);
+		CHECK(e->packets == m->since[uid], "row %u: %llu packets, %llu since admission",
+		      uid, (unsigned long long)e->packets, (unsigned long long)m->since[uid]);
 	}
 	CHECK(p == m->packets && b == m->bytes, "sum %llu/%llu != folded %llu/%llu",
 	      (unsigned long long)p, (unsigned long long)b, (unsigned long long)m->packets,
@@ -132,16 +140,16 @@ static void verify(struct model *m)
 			uint32_t index1 = (uint32_t)t->slots[j];
 			CHECK(index1 >= 1 && index1 <= t->nentries, "slot %zu -> %u past %zu rows", j,
 			      index1, t->nentries);
-			CHECK(t->slots[j] >> 32 == t->entries[index1 - 1].hash >> 32,
-			      "slot %zu: tag is not row %u's hash", j, index1 - 1);
+			CHECK(t->slots[j] >> 32 == t->entries[index1 - 1].tag,
+			      "slot %zu: tag is not row %u's", j, index1 - 1);
 			used++;
 		}
 	CHECK(used == t->nentries, "%zu slots for %zu rows", used, t->nentries);
 	for (size_t i = 0; i < t->nentries; i++) {
-		size_t mask = t->nslots - 1, j = t->entries[i].hash & mask;
+		size_t mask = t->nslots - 1, j = t->entries[i].tag & mask;
 		while (t->slots[j] && (uint32_t)t->slots[j] != i + 1)
 			j = (j + 1) & mask;
-		CHECK((uint32_t)t->slots[j] == i + 1, "row %zu not reachable from its hash", i);
+		CHECK((uint32_t)t->slots[j] == i + 1, "row %zu not reachable from its tag", i);
 	}
 	checks++;
 }
@@ -492,7 +500,6 @@ static void batched_like_one_by_one(void)
 	CHECK(agg_init(&a, fields, (size_t)-1, &ba) == 0 && agg_init(&b, fields, (size_t)-1, &bb) == 0,
 	      "init");
 	b.seed = a.seed;
-	memcpy(b.secrets, a.secrets, sizeof(a.secrets));
 	a.policy = b.policy = pol;
 	a.manual_clock = b.manual_clock = true;
 	for (int step = 0; step < 200000; step++) {
@@ -522,7 +529,7 @@ static void batched_like_one_by_one(void)
 			      (unsigned long long)b.overflow_packets);
 			for (size_t i = 0; i < a.nentries; i++) {
 				const struct agg_entry *x = &a.entries[i], *y = &b.entries[i];
-				CHECK(x->hash == y->hash && x->packets == y->packets &&
+				CHECK(x->tag == y->tag && x->packets == y->packets &&
 				      x->bytes == y->bytes && x->recent == y->recent &&
 				      x->serial == y->serial, "step %d: row %zu differs", step, i);
 			}

@@ -121,9 +121,10 @@ int main(int argc, char **argv)
 		CHECK(tables[n].nentries == 2 && tables[n].churn.displaced == 0,
 		      "table %zu: %zu rows, %llu displaced", n, tables[n].nentries,
 		      (unsigned long long)tables[n].churn.displaced);
-		CHECK(tables[n].entries[0].key.uid + tables[n].entries[1].key.uid == 15,
-		      "table %zu: keys %u and %u", n, tables[n].entries[0].key.uid,
-		      tables[n].entries[1].key.uid);
+		struct agg_key k0, k1;
+		agg_ckey_unpack(&tables[n].plan, tables[n].entries[0].ckey, &k0);
+		agg_ckey_unpack(&tables[n].plan, tables[n].entries[1].ckey, &k1);
+		CHECK(k0.uid + k1.uid == 15, "table %zu: keys %u and %u", n, k0.uid, k1.uid);
 	}
 	CHECK(displaced >= NTABLES - 1 && displaced <= 2 * (NTABLES - 1),
 	      "%llu displacements in all", (unsigned long long)displaced);

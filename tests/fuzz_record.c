@@ -709,7 +709,9 @@ static void test_fold_keys(void)
 		agg_fold(&fold_table, &r);
 	}
 	CHECK(fold_table.nentries == 1, "a /24 mask folds 200 hosts into %zu keys", fold_table.nentries);
-	const struct agg_key *k = &fold_table.entries[0].key;
+	struct agg_key key;
+	agg_ckey_unpack(&fold_table.plan, fold_table.entries[0].ckey, &key);
+	const struct agg_key *k = &key;
 	const struct agg_pkey *pk = &k->pk;
 	CHECK(pk->addr_family == 4 && pk->saddr[0] == 203 && pk->saddr[2] == 113 && pk->saddr[3] == 0 &&
 	      pk->src_net == 1 && pk->dst_net == 0 && pk->sport == 12345 && pk->dport == 80 &&
