@@ -118,13 +118,13 @@ class HealthCollector:
     """nflogd's own metrics, per group where it applies; a prometheus_client custom collector."""
 
     def __init__(self, workers: Callable[[], Sequence[GroupWorker]], config: Callable[[], Config],
-                 reload_status: ReloadStatus, retired_overflow: Callable[[], int],
+                 reload_status: ReloadStatus, overflow_records: Callable[[], int],
                  server_stats: Callable[[], ServerStats | None] = lambda: None) -> None:
         self._workers = workers
         self._server_stats = server_stats
         self._config = config
         self._reload = reload_status
-        self._retired_overflow = retired_overflow
+        self._overflow_records = overflow_records
 
     def collect(self) -> Iterator[Metric]:
         workers = self._workers()
@@ -180,7 +180,7 @@ class HealthCollector:
         cfg = self._config()
         churn = [(str(w.cfg.group), w.aggregator.churn) for w in workers]
         budget_used = sum(w.aggregator.keys for w in workers)
-        overflow = self._retired_overflow() + sum(c[3] for _, c in churn)
+        overflow = self._overflow_records()
         yield GaugeMetricFamily("nflogd_series", "Distinct label sets in use.", value=budget_used)
         yield GaugeMetricFamily("nflogd_series_limit", "The max_series limit.", value=cfg.max_series)
         yield CounterMetricFamily("nflogd_series_overflow_records",

@@ -16,6 +16,7 @@ import faulthandler
 import logging
 import signal
 import socket
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -84,17 +85,26 @@ class Daemon:
         self.reload_status = ReloadStatus()
         self.budget = nflog.SeriesBudget(cfg.max_series)
         self.workers: dict[int, GroupWorker] = {}
+        # Records that arrived in the remainder of groups removed since start; with the live
+        # groups' under one lock, so a scrape never misses a group that is being removed.
         self._retired_overflow = 0
+        self._retire_lock = threading.Lock()
         self.server: MetricsServer | None = None
         self.exposition = Exposition(
             RecordCounters(self.ifnames),
             HealthCollector(self.worker_list, lambda: self.cfg, self.reload_status,
-                            lambda: self._retired_overflow,
+                            self.overflow_records,
                             lambda: self.server.stats() if self.server else None),
             self.worker_list, lambda: self.cfg, self.ifnames)
 
     def worker_list(self) -> Sequence[GroupWorker]:
         return list(self.workers.values())
+
+    def overflow_records(self) -> int:
+        """Records counted in a remainder on arrival, in all groups since start (a counter)."""
+        with self._retire_lock:
+            return self._retired_overflow + sum(w.aggregator.churn[3]
+                                                for w in self.workers.values())
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, group_cfg: GroupConfig, cfg: Config) -> GroupWorker:
@@ -253,10 +263,12 @@ class Daemon:
         self.cfg = cfg
 
     def _retire_worker(self, group: int) -> None:
-        w = self.workers.pop(group)
+        w = self.workers[group]
         w.stop()
         w.join(2.0)
-        self._retired_overflow += w.aggregator.churn[3]  # records that arrived in its remainder
+        with self._retire_lock:  # its remainder records move to the retired total in one step
+            self._retired_overflow += w.aggregator.churn[3]
+            del self.workers[group]
         w.aggregator.clear()  # its keys go back to the shared budget now, not at collection
         log.info("group %d: removed", group)
 

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from typing import Sequence
@@ -399,6 +400,48 @@ def test_removed_group_gives_its_series_back_to_max_series(make_netns, start_dae
     assert s.series(PACKETS, prefix=OVER) == []
     assert s.value("nflogd_series") == 2
     assert s.value("nflogd_series_overflow_records_total") == 0
+
+
+def test_overflow_total_never_dips_while_groups_are_removed(make_netns, start_daemon) -> None:
+    """A scrape while a reload removes a group sees that group's remainder records in the group
+    or in the total of removed groups, never in neither: a counter that dips is a reset to
+    Prometheus, and rate() would show a burst that never was."""
+    ns = make_netns("dip")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
+           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group 10 comment "p{k}"'
+                       for k in range(3)) + "\n }\n}\n")
+    both = "max_series: 1\ngroups:\n  - {group: 10, timeout: 0.1}\n  - {group: 11, timeout: 0.1}\n"
+    d = start_daemon(ns, both)
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def scrape_all_the_time() -> None:
+        while not stop.is_set():
+            seen.append(d.scrape().value("nflogd_series_overflow_records_total"))
+
+    scraper = threading.Thread(target=scrape_all_the_time)
+    scraper.start()
+    try:
+        overflow = 0.0
+        for _ in range(8):
+            d.write_config(both)
+            d.send(signal.SIGHUP)
+            d.wait_for(lambda s: bool(s.series("nflogd_group_bound", group="10"))
+                       and s.value("nflogd_group_bound", group="10") == 1)
+            for k in range(3):  # one label set fits max_series, the others overflow
+                ns.send_udp("127.0.0.1", 6000 + k, 2, 10)
+            s = d.wait_for(lambda s: s.value("nflogd_series_overflow_records_total")
+                           >= overflow + 4)
+            overflow = s.value("nflogd_series_overflow_records_total")
+            d.write_config("max_series: 1\ngroups:\n  - {group: 11, timeout: 0.1}\n")
+            d.send(signal.SIGHUP)
+            d.wait_for(lambda s: not s.series("nflogd_group_bound", group="10"))
+    finally:
+        stop.set()
+        scraper.join()
+    dips = [(i, a, b) for i, (a, b) in enumerate(zip(seen, seen[1:])) if b < a]
+    assert not dips, f"{len(dips)} of {len(seen)} scrapes went down: {dips[:5]}"
+    assert d.scrape().value("nflogd_series_overflow_records_total") == overflow
 
 
 # --- 5. interfaces renamed, deleted, re-created -----------------------------------------------
