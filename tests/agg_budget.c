@@ -529,9 +529,17 @@ static void batched_like_one_by_one(void)
 			      (unsigned long long)b.overflow_packets);
 			for (size_t i = 0; i < a.nentries; i++) {
 				const struct agg_entry *x = &a.entries[i], *y = &b.entries[i];
+				struct agg_key k;
 				CHECK(x->tag == y->tag && x->packets == y->packets &&
 				      x->bytes == y->bytes && x->recent == y->recent &&
-				      x->serial == y->serial, "step %d: row %zu differs", step, i);
+				      x->serial == y->serial &&
+				      memcmp(x->ckey, y->ckey, agg_ckey_len(&a.plan, x->ckey)) == 0,
+				      "step %d: row %zu differs", step, i);
+				agg_ckey_unpack(&b.plan, y->ckey, &k);  /* what readers see: as folded */
+				CHECK((k.flags & KEY_HAS_UID) && k.prefix_len < 128 &&
+				      memcmp(k.prefix, prefixes, k.prefix_len) == 0,
+				      "step %d: row %zu unpacks to uid %u, prefix of %u bytes", step, i,
+				      k.uid, k.prefix_len);
 			}
 			checks++;
 			if (rnd() % 20 == 0) {
