@@ -9,7 +9,11 @@
  * INPUT on lo with `log group G prefix "bench"`, seq on and copy range 128: PACKET_HDR, PREFIX,
  * IFINDEX_INDEV, HWADDR, HWTYPE, HWLEN, HWHEADER, TIMESTAMP, SEQ, PAYLOAD (IPv4 + UDP + 64 bytes).
  *
- * Usage: hotpath RECORDS KEYS FIELDS [MAX_KEYS]
+ * Usage: hotpath [-c BYTES] [-s USEC] RECORDS KEYS FIELDS [MAX_KEYS]
+ *   -c BYTES before each datagram, touch a buffer of BYTES (a line at a time), evicting the
+ *            table from the caches as the daemon's wake-ups find it
+ *   -s USEC  before each datagram, sleep USEC microseconds (the daemon's worker sleeps between
+ *            datagrams; its caches and branch history are cold when it wakes)
  *   RECORDS  records to fold (in datagrams of 1000)
  *   KEYS     distinct keys, cycled record by record (source address and input interface
  *            1..KEYS; 1: a flood of one key, as floods are)
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <linux/netfilter/nfnetlink.h>
 #include <libnetfilter_log/linux_nfnetlink_log.h>
@@ -98,8 +103,21 @@ static double now_ns(void)
 
 int main(int argc, char **argv)
 {
+	size_t cold_bytes = 0;
+	unsigned sleep_us = 0;
+	int opt;
+	while ((opt = getopt(argc, argv, "c:s:")) != -1) {
+		if (opt == 'c')
+			cold_bytes = strtoul(optarg, NULL, 0);
+		else if (opt == 's')
+			sleep_us = (unsigned)strtoul(optarg, NULL, 0);
+		else
+			return 2;
+	}
+	argc -= optind - 1;
+	argv += optind - 1;
 	if (argc != 4 && argc != 5) {
-		fprintf(stderr, "usage: hotpath RECORDS KEYS FIELDS [MAX_KEYS]\n");
+		fprintf(stderr, "usage: hotpath [-c BYTES] [-s USEC] RECORDS KEYS FIELDS [MAX_KEYS]\n");
 		return 2;
 	}
 	unsigned long long records = strtoull(argv[1], NULL, 0);
@@ -115,6 +133,9 @@ int main(int argc, char **argv)
 		}
 		mask |= 1u << i;
 	}
+	volatile uint8_t *junk = cold_bytes ? calloc(1, cold_bytes) : NULL;
+	if (cold_bytes && !junk)
+		return 1;
 	if (!records || !keys)
 		return 2;
 
@@ -143,6 +164,10 @@ int main(int argc, char **argv)
 		for (int i = 0; i < PER_DATAGRAM; i++, seq++)
 			len += build_message(s.buf + len, 5, seq, 0x7f010000u + seq % keys,
 					     1 + seq % keys);
+		for (size_t q = 0; q < cold_bytes; q += 64)
+			junk[q]++;
+		if (sleep_us)
+			usleep(sleep_us);
 		double t0 = now_ns();  /* parse and fold only, not the building */
 		done += nfd_sock_dispatch(&s, len, agg_ahead_visit, &ahead);
 		agg_ahead_flush(&ahead);
@@ -153,5 +178,6 @@ int main(int argc, char **argv)
 	       (unsigned long long)s.lost, ns / (double)done);
 	agg_destroy(&t);
 	free(s.buf);
+	free((void *)junk);
 	return 0;
 }
