@@ -223,7 +223,7 @@ static inline void zero_fixed(uint8_t *ck)
 static void key_addresses(const struct agg_table *t, const struct nfd_record *r, uint8_t *ck)
 {
 	uint8_t sa[16], da[16];
-	uint32_t f = t->fields;
+	uint32_t f = t->plan.fields;
 	const uint8_t *o = t->plan.off;
 	int fam = nfd_record_addrs(r, sa, da);
 	unsigned mask = fam == 4 ? t->mask4 : t->mask6, full = fam == 4 ? 32 : 128;
@@ -258,7 +258,7 @@ static void key_addresses(const struct agg_table *t, const struct nfd_record *r,
 /* Pack the record's key: only the chosen fields go in, so records differing elsewhere merge. */
 static void key_build(const struct agg_table *t, const struct nfd_record *r, uint8_t *ck)
 {
-	uint32_t f = t->fields;
+	uint32_t f = t->plan.fields;
 	const uint8_t *o = t->plan.off;
 	uint8_t flags = 0, v;
 
@@ -336,7 +336,6 @@ uint32_t agg_wanted_attrs(uint32_t fields)
 int agg_init(struct agg_table *t, uint32_t fields, size_t max_keys, struct agg_budget *budget)
 {
 	memset(t, 0, sizeof(*t));
-	t->fields = fields;
 	plan_make(&t->plan, fields);
 	if (getrandom(&t->seed, sizeof(t->seed), GRND_NONBLOCK) != sizeof(t->seed))
 		t->seed = (uint64_t)(uintptr_t)t ^ 0x243f6a8885a308d3ull;  /* no entropy yet: still varies */
@@ -425,7 +424,6 @@ void agg_relabel(struct agg_table *t, uint32_t fields)
 		memset(t->sketch, 0, AGG_SKETCH_DEPTH * AGG_SKETCH_WIDTH * sizeof(*t->sketch));
 	t->sketch_total = 0;
 	t->pressure_until = 0;
-	t->fields = fields;
 	plan_make(&t->plan, fields);
 }
 
@@ -692,10 +690,16 @@ static inline void count_on(struct agg_table *t, struct agg_entry *e, uint32_t i
 	e->last_seen = t->now;
 }
 
+/* Does t->hot still name the entry the previous record went to? */
+static inline bool hot_valid(const struct agg_table *t)
+{
+	return t->hot && t->hot_shape == t->shape;
+}
+
 /* The hot entry (the previous record's), when it holds key k. */
 static inline struct agg_entry *hot_entry(struct agg_table *t, const uint8_t *k)
 {
-	if (!t->hot || t->hot_shape != t->shape)
+	if (!hot_valid(t))
 		return NULL;
 	struct agg_entry *e = &t->entries[t->hot - 1];
 	return key_equal(t, e->ckey, k) ? e : NULL;
@@ -798,13 +802,13 @@ int agg_ahead_visit(void *ctx, const struct nfd_record *rec, const struct nlmsgh
 
 /* The entry a pending key's slot names, or the sketch counters it would add to when it has no
  * entry (a full budget), fetched into the cache while the keys before it are folded. A key
- * no slot's tag matches has no entry: p->missed says so while the table keeps its shape. */
+ * no slot's tag matches has no entry: p->found 0 says so while the table keeps its shape. */
 static void prefetch_entry(const struct agg_table *t, struct agg_pending *p)
 {
 	size_t mask = t->nslots - 1, j;
 	uint64_t tag = p->hash & SLOT_TAG_MASK;
 
-	p->missed = false;
+	p->found = 0;
 	for (j = slot_home(t, (uint32_t)(tag >> 32)); t->slots[j]; j = (j + 1) & mask) {
 		if ((t->slots[j] & SLOT_TAG_MASK) == tag) {
 			/* The counters and the key up to the end of its prefix (agg_entry's layout). */
@@ -817,7 +821,6 @@ static void prefetch_entry(const struct agg_table *t, struct agg_pending *p)
 			return;
 		}
 	}
-	p->missed = true;
 	if (t->sketch) {
 		uint64_t bits = p->hash >> 16;
 		for (size_t d = 0; d < AGG_SKETCH_DEPTH; d++, bits >>= AGG_SKETCH_BITS)
@@ -844,7 +847,7 @@ void agg_ahead_flush(struct agg_ahead *a)
 		t->records++;
 		/* The hot entry is where the previous record went: the same key's record counts there
 		 * unless that entry moved since (its serial), the batch's first compares its key. */
-		if (p->same && t->hot && t->hot_shape == t->shape) {
+		if (p->same && hot_valid(t)) {
 			count_on(t, &t->entries[t->hot - 1], p->ip_len);
 			continue;
 		}
@@ -856,7 +859,7 @@ void agg_ahead_flush(struct agg_ahead *a)
 		 * for a record with no entry (most of a random-source flood's) or whose tag named its
 		 * entry (all but a tag collision's). */
 		if (!p->same && t->shape == shape) {
-			if (p->missed) {
+			if (!p->found) {
 				fold_new_key(t, p->ckey, p->hash, p->ip_len);
 				continue;
 			}

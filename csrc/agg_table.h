@@ -67,7 +67,7 @@ struct agg_key {
 #define AGG_CKEY_FIXED_MAX 96        /* >= every plan's fixed part (checked in agg_table.c) */
 #define AGG_CKEY_MAX 216             /* fixed part and prefix: an entry is 256 bytes */
 struct agg_ckey_plan {
-	uint32_t fields;
+	uint32_t fields;             /* keyed on: bit per enum agg_field */
 	uint8_t off[F_NFIELDS];
 	uint8_t afam, fixed;
 };
@@ -158,8 +158,7 @@ void agg_budget_destroy(struct agg_budget *b);
 
 struct agg_table {
 	pthread_mutex_t lock;
-	uint32_t fields;            /* bit per enum agg_field */
-	struct agg_ckey_plan plan;  /* of these fields */
+	struct agg_ckey_plan plan;  /* how keys are packed; plan.fields: bit per enum agg_field */
 	uint64_t seed;              /* of the key hash, random per table */
 	uint8_t mask4, mask6;       /* address_mask: prefix lengths saddr/daddr are reduced to */
 	const struct nfd_nets *nets;  /* for src_net/dst_net; owned by the caller, may be NULL */
@@ -214,8 +213,9 @@ struct agg_pending {
 	uint64_t hash;
 	uint32_t ip_len;
 	bool same;                  /* the same key as the record before it in the batch */
-	bool missed;                /* no slot's tag was its key's when the batch was prefetched */
-	uint32_t found;             /* else the first slot whose was (its entry's index + 1) */
+	/* The first slot whose tag was its key's when the batch was prefetched (its entry's index
+	 * + 1); 0: none, no entry holds the key. */
+	uint32_t found;
 	uint8_t ckey[AGG_CKEY_MAX];
 };
 struct agg_ahead {

@@ -669,7 +669,7 @@ static PyObject *aggregator_relabel(AggregatorObject *self, PyObject *fields)
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->t.lock);
 	/* The same fields in another order key the same rows: only the order of key values changes. */
-	if (mask != self->t.fields)
+	if (mask != self->t.plan.fields)
 		agg_relabel(&self->t, mask);
 	memcpy(self->order, order, sizeof(order));
 	self->nfields = (int)PyTuple_GET_SIZE(seq);

@@ -482,7 +482,7 @@ static PyObject *handle_aggregate(HandleObject *self, PyObject *args, PyObject *
 	Py_BEGIN_ALLOW_THREADS
 	pthread_mutex_lock(&self->io_lock);
 	wait_data(self, timeout_ms, &st);
-	self->sock.layout.want = agg_wanted_attrs(t->fields);  /* parse only what the key needs */
+	self->sock.layout.want = agg_wanted_attrs(t->plan.fields);  /* parse only what the key needs */
 	double until = st.wait > 0 && linger > 0.0 ? monotonic_seconds() + linger : 0.0;
 	for (int i = 0; st.wait > 0; i++) {
 		if ((st.len = recv_data(self)) > 0) {
