@@ -178,7 +178,7 @@ class HealthCollector:
             labels=g), lambda s: 1 if s.bound else 0)
 
         cfg = self._config()
-        churn = [(str(w.cfg.group), w.aggregator.churn) for w in workers]
+        churn = [(str(w.cfg.group), w.churn) for w in workers]
         budget_used = sum(w.aggregator.keys for w in workers)
         overflow = self._overflow_records()
         yield GaugeMetricFamily("nflogd_series", "Distinct label sets in use.", value=budget_used)

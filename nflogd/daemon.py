@@ -16,7 +16,6 @@ import faulthandler
 import logging
 import signal
 import socket
-import threading
 import time
 from typing import Callable, Sequence
 
@@ -28,6 +27,7 @@ from .ifnames import InterfaceNames
 from .notify import Notifier
 from .webconfig import WebConfig, WebConfigError, load_web_config
 from .worker import GroupWorker, reason
+from .workerset import WorkerSet
 
 log = logging.getLogger("nflogd")
 
@@ -84,27 +84,14 @@ class Daemon:
         self.ifnames = InterfaceNames()
         self.reload_status = ReloadStatus()
         self.budget = nflog.SeriesBudget(cfg.max_series)
-        self.workers: dict[int, GroupWorker] = {}
-        # Records that arrived in the remainder of groups removed since start; with the live
-        # groups' under one lock, so a scrape never misses a group that is being removed.
-        self._retired_overflow = 0
-        self._retire_lock = threading.Lock()
+        self.workers = WorkerSet()
         self.server: MetricsServer | None = None
         self.exposition = Exposition(
             RecordCounters(self.ifnames),
-            HealthCollector(self.worker_list, lambda: self.cfg, self.reload_status,
-                            self.overflow_records,
+            HealthCollector(self.workers.current, lambda: self.cfg, self.reload_status,
+                            self.workers.overflow_records,
                             lambda: self.server.stats() if self.server else None),
-            self.worker_list, lambda: self.cfg, self.ifnames)
-
-    def worker_list(self) -> Sequence[GroupWorker]:
-        return list(self.workers.values())
-
-    def overflow_records(self) -> int:
-        """Records counted in a remainder on arrival, in all groups since start (a counter)."""
-        with self._retire_lock:
-            return self._retired_overflow + sum(w.aggregator.churn[3]
-                                                for w in self.workers.values())
+            self.workers.current, lambda: self.cfg, self.ifnames)
 
     # -- start --------------------------------------------------------------------------------
     def _new_worker(self, group_cfg: GroupConfig, cfg: Config) -> GroupWorker:
@@ -119,7 +106,7 @@ class Daemon:
                 w.bind()
             except (nflog.NflogError, ValueError) as e:
                 errors.append(reason(e))
-            self.workers[group_cfg.group] = w
+            self.workers.add(w)
         return errors
 
     def _web_config(self, cfg: Config) -> WebConfig | None:
@@ -134,7 +121,7 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, str]:
         """For /-/ready: every configured group bound (cheap: it runs on the HTTP event loop)."""
-        unbound = sorted(g for g, w in list(self.workers.items()) if not w.stats().bound)
+        unbound = sorted(w.cfg.group for w in self.workers.current() if not w.stats().bound)
         if unbound:
             return False, "groups not bound: " + ", ".join(map(str, unbound))
         return True, ""
@@ -157,9 +144,9 @@ class Daemon:
         except OSError as e:
             self._stop_workers()
             raise StartupError(str(e)) from e  # it names the address already
-        for w in self.workers.values():
+        for w in self.workers.current():
             w.start()
-        bound = sum(1 for w in self.workers.values() if w.stats().bound)
+        bound = sum(1 for w in self.workers.current() if w.stats().bound)
         log.info("nflogd started: %d/%d groups bound, serving %s", bound, len(self.workers),
                  cfg.metrics_path)
         self.notifier.ready(self._status_text())
@@ -193,13 +180,13 @@ class Daemon:
     def workers_alive(self) -> bool:
         now = time.monotonic()
         return all(now - w.stats().heartbeat < HEARTBEAT_STALE and w.is_alive()
-                   for w in self.workers.values())
+                   for w in self.workers.current())
 
     def _received(self) -> int:
-        return sum(w.stats().received for w in self.workers.values())
+        return sum(w.stats().received for w in self.workers.current())
 
     def _status_text(self, rate: float | None = None) -> str:
-        stats = [w.stats() for w in self.workers.values()]
+        stats = [w.stats() for w in self.workers.current()]
         bound = sum(1 for s in stats if s.bound)
         text = f"{bound}/{len(stats)} groups bound, lost {sum(s.lost for s in stats)}"
         if rate is not None:
@@ -244,8 +231,9 @@ class Daemon:
         self.budget.limit = cfg.max_series
         spec = cfg.key_spec
         wanted = {g.group: g for g in cfg.groups}
-        for group in [g for g in self.workers if g not in wanted]:
-            self._retire_worker(group)
+        for group in [g for g in self.workers.groups() if g not in wanted]:
+            self.workers.remove(group)
+            log.info("group %d: removed", group)
         for group, group_cfg in wanted.items():
             w = self.workers.get(group)
             if w is not None:
@@ -258,25 +246,15 @@ class Daemon:
                 w.bind()
             except (nflog.NflogError, ValueError) as e:
                 log.error("%s; retrying in the background", reason(e))
-            self.workers[group] = w
+            self.workers.add(w)
             w.start()
         self.cfg = cfg
 
-    def _retire_worker(self, group: int) -> None:
-        w = self.workers[group]
-        w.stop()
-        w.join(2.0)
-        with self._retire_lock:  # its remainder records move to the retired total in one step
-            self._retired_overflow += w.aggregator.churn[3]
-            del self.workers[group]
-        w.aggregator.clear()  # its keys go back to the shared budget now, not at collection
-        log.info("group %d: removed", group)
-
     # -- stop ---------------------------------------------------------------------------------
     def _stop_workers(self) -> None:
-        for w in self.workers.values():
+        for w in self.workers.current():
             w.stop()
-        for w in self.workers.values():
+        for w in self.workers.current():
             if w.is_alive():
                 w.join(1.0)
 

@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import nflog
 from .config import GroupConfig
@@ -84,6 +85,22 @@ class WorkerStats:
     error: str | None
 
 
+class Churn(NamedTuple):
+    """Series churn of a group since its worker was made (counters): Aggregator.churn, summed
+    over every aggregator the worker has had, so a reload that replaces one resets none."""
+
+    admitted: int
+    expired: int
+    displaced: int
+    remainder_records: int
+
+    def __add__(self, other: tuple[int, ...]) -> Churn:  # type: ignore[override]
+        return Churn(*(a + b for a, b in zip(self, other)))
+
+
+NO_CHURN = Churn(0, 0, 0, 0)
+
+
 @dataclass(frozen=True)
 class WorkerSnapshot:
     """A worker's record counters copied at one instant, with what they are keyed by: all the
@@ -134,6 +151,11 @@ class GroupWorker(threading.Thread):
         # One tuple, replaced in one assignment, so a reader never pairs a spec with another's
         # aggregator.
         self._current: tuple[KeySpec, nflog.Aggregator] = (spec, self._new_aggregator(spec))
+        # Taken by readers of the aggregator's counters and by _swap_aggregator()/release(), which
+        # empty an aggregator: a scrape never reads one after it was emptied (the group's sums
+        # would go down for one scrape, a reset to Prometheus).
+        self._swap_lock = threading.Lock()
+        self._churn_before = NO_CHURN  # of the aggregators replaced
         self._lock = threading.Lock()      # guards _nflog, _totals, _error, cfg swaps
         # Not "_handle": threading.Thread uses that name itself since CPython 3.13.
         self._nflog: nflog.Nflog | None = None
@@ -215,14 +237,30 @@ class GroupWorker(threading.Thread):
     def spec(self) -> KeySpec:
         return self._current[0]
 
+    @property
+    def churn(self) -> Churn:
+        with self._swap_lock:
+            return self._churn_before + self.aggregator.churn
+
+    def release(self) -> None:
+        """After the worker stopped: give its keys back to the shared budget now (not when the
+        last reference to its aggregator goes), its counters' totals kept."""
+        with self._swap_lock:
+            agg = self.aggregator
+            self._churn_before += agg.churn
+            agg.clear()
+
     def snapshot(self) -> WorkerSnapshot:
         """The record counters now, frozen, with the spec they were counted by."""
-        (spec, agg), cfg = self._current, self.cfg
-        # Counts: rows and remainder copied at one instant (their sum is everything received),
-        # with the fields they were keyed by (a relabel in place may have changed them since
-        # _current was read: the collector then shows the whole count in the remainder).
-        return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec,
-                              rows=(counts := agg.counts()), overflow=counts.overflow)
+        cfg = self.cfg
+        with self._swap_lock:
+            spec, agg = self._current
+            # Counts: rows and remainder copied at one instant (their sum is everything
+            # received), with the fields they were keyed by (a relabel in place may have changed
+            # them since _current was read: the collector then shows it all in the remainder).
+            counts = agg.counts()
+        return WorkerSnapshot(group=cfg.group, group_config=cfg, spec=spec, rows=counts,
+                              overflow=counts.overflow)
 
     def stats(self) -> WorkerStats:
         with self._lock:
@@ -305,14 +343,18 @@ class GroupWorker(threading.Thread):
         folded into an aggregator that is already gone."""
         spec, self._next_spec = self._next_spec, None
         if spec is not None and spec != self.spec:
-            old, new = self.aggregator, self._new_aggregator(spec)
-            # Nothing folds into `old` now (this thread is the only folder): what it counted goes
-            # on in the new one's remainder, published before `old` empties, so no scrape sees
-            # the group's sum go down.
-            counts = nflog.Counts(old)  # rows and remainder at one instant
-            new.add_remainder(counts.sum[0] + counts.overflow[0], counts.sum[1] + counts.overflow[1])
-            self._current = (spec, new)
-            old.clear()  # its keys go back to the shared budget
+            new = self._new_aggregator(spec)
+            with self._swap_lock:
+                # Nothing folds into `old` now (this thread is the only folder): what it counted
+                # goes on in the new one's remainder and its churn in _churn_before, both before
+                # `old` empties, so no scrape sees a sum or a churn counter go down.
+                old = self.aggregator
+                counts = nflog.Counts(old)  # rows and remainder at one instant
+                new.add_remainder(counts.sum[0] + counts.overflow[0],
+                                  counts.sum[1] + counts.overflow[1])
+                self._churn_before += old.churn
+                self._current = (spec, new)
+                old.clear()  # its keys go back to the shared budget
 
     def run(self) -> None:
         bind_retry = 0.0  # the first attempt to bind again is immediate

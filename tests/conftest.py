@@ -115,8 +115,10 @@ class RunningDaemon:
 
     def __init__(self, ns: Netns, workdir: Path, config_text: str | None, *,
                  args: Sequence[str] = (), port: int | None = None,
-                 argv: Sequence[str] | None = None,
+                 argv: Sequence[str] | None = None, switch_interval: float | None = None,
                  wait: bool = True) -> None:
+        # switch_interval: the daemon's sys.setswitchinterval(); a tiny one interleaves its threads
+        # at almost every bytecode, so a race between a scrape and a reload shows in a few tries.
         self.ns = ns
         self.port = port or ns.free_port()
         self.config_path = workdir / f"nflogd-{self.port}.yaml"
@@ -125,6 +127,10 @@ class RunningDaemon:
             assert config_text is not None
             self.write_config(config_text)
             argv = [NFLOGD, "--config", str(self.config_path), *args]
+            if switch_interval is not None:
+                argv[:1] = [sys.executable, "-c", "import runpy, sys; "
+                            f"sys.setswitchinterval({switch_interval!r}); "
+                            "runpy.run_module('nflogd', run_name='__main__')"]
         self._stderr = open(self.stderr_path, "wb")
         self.proc = ns.popen(list(argv), stdin=subprocess.DEVNULL, stdout=self._stderr,
                              stderr=self._stderr)

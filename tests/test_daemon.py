@@ -411,7 +411,7 @@ def test_overflow_total_never_dips_while_groups_are_removed(make_netns, start_da
            + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group 10 comment "p{k}"'
                        for k in range(3)) + "\n }\n}\n")
     both = "max_series: 1\ngroups:\n  - {group: 10, timeout: 0.1}\n  - {group: 11, timeout: 0.1}\n"
-    d = start_daemon(ns, both)
+    d = start_daemon(ns, both, switch_interval=1e-6)
     seen: list[float] = []
     stop = threading.Event()
 
@@ -442,6 +442,40 @@ def test_overflow_total_never_dips_while_groups_are_removed(make_netns, start_da
     dips = [(i, a, b) for i, (a, b) in enumerate(zip(seen, seen[1:])) if b < a]
     assert not dips, f"{len(dips)} of {len(seen)} scrapes went down: {dips[:5]}"
     assert d.scrape().value("nflogd_series_overflow_records_total") == overflow
+
+
+def test_series_counters_never_reset_when_a_reload_replaces_the_aggregator(
+        make_netns, start_daemon) -> None:
+    """Another address_mask makes the worker replace its aggregator. The churn counters
+    (nflogd_series_admitted_total, the overflow records) are counters: they carry on from what
+    the old one counted, where they once started again from 0 (a dip, read as a reset)."""
+    ns = make_netns("swap")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
+           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group 10 comment "p{k}"'
+                       for k in range(3)) + "\n }\n}\n")
+    config = ("max_series: 1\nlabels: [group, prefix, saddr]\naddress_mask: {{ipv4: {}}}\n"
+              "groups:\n  - {{group: 10, timeout: 0.1}}\n")
+    d = start_daemon(ns, config.format(32))
+    for k in range(3):  # p0 takes the one series, p1 and p2 overflow
+        ns.send_udp("127.0.0.1", 6000 + k, 2, 10)
+    before = d.wait_for(lambda s: s.value("nflogd_series_overflow_records_total") == 4)
+    assert before.value("nflogd_series_admitted_total", group="10") == 1
+    d.write_config(config.format(24))
+    d.send(signal.SIGHUP)
+    # The worker replaces its aggregator at its next turn; until then p1 still overflows in the
+    # old one. The new one starts empty: p1 gets the series the old one gave back.
+    sent, deadline = 0, time.monotonic() + 10
+    while not (s := d.scrape()).series(PACKETS, saddr="127.0.0.0/24"):
+        assert time.monotonic() < deadline, "no series under the new address_mask"
+        ns.send_udp("127.0.0.1", 6001, 1, 10)
+        sent += 1
+        time.sleep(0.2)
+    s = d.wait_for(lambda s: s.total(PACKETS) == sum(p for p, _ in ns.counters().values()))
+    [(series, in_new)] = s.series(PACKETS, saddr="127.0.0.0/24")
+    assert series == {"group": "10", "prefix": "p1", "saddr": "127.0.0.0/24"}
+    assert s.value("nflogd_series_admitted_total", group="10") == 2
+    assert s.value("nflogd_series_overflow_records_total") == 4 + sent - in_new
+    assert ns.counters()["p1"][0] == 2 + sent
 
 
 # --- 5. interfaces renamed, deleted, re-created -----------------------------------------------
