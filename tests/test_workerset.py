@@ -11,7 +11,7 @@ from nflogd.config import GroupConfig, default_config
 from nflogd.worker import GroupWorker
 from nflogd.workerset import WorkerSet
 
-RELOADS = 3000
+RELOADS = 20000
 
 
 def test_scrapes_never_fail_while_reloads_add_and_remove_groups() -> None:
