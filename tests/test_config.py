@@ -472,6 +472,14 @@ def test_invalid_regex(tmp_path: Path) -> None:
                 "unterminated subpattern at position 3")
 
 
+def test_ambiguous_regex_is_refused_with_its_place(tmp_path: Path) -> None:
+    """Python warns of "[a||b]" (a set union in a later version): refused with its place, not
+    two lines of nflogd's source on stderr."""
+    error(tmp_path, 'actions:\n  - {match: "[a||b]", action: drop}\n', 2,
+          "actions[0].match: ambiguous regular expression '[a||b]': Possible set union at "
+          "position 2 (escape the character to mean it literally)")
+
+
 def test_action_missing_key(tmp_path: Path) -> None:
     error(tmp_path, "actions:\n  - match: drop\n", 2, "actions[0]: missing required key 'action'")
 
