@@ -246,9 +246,13 @@ class GroupWorker(threading.Thread):
         """After the worker stopped: give its keys back to the shared budget now (not when the
         last reference to its aggregator goes), its counters' totals kept."""
         with self._swap_lock:
-            agg = self.aggregator
-            self._churn_before += agg.churn
-            agg.clear()
+            self._empty(self.aggregator)
+
+    def _empty(self, agg: nflog.Aggregator) -> None:
+        """With _swap_lock held: keep agg's churn in _churn_before, then give its keys back to
+        the shared budget."""
+        self._churn_before += agg.churn
+        agg.clear()
 
     def snapshot(self) -> WorkerSnapshot:
         """The record counters now, frozen, with the spec they were counted by."""
@@ -352,9 +356,8 @@ class GroupWorker(threading.Thread):
                 counts = nflog.Counts(old)  # rows and remainder at one instant
                 new.add_remainder(counts.sum[0] + counts.overflow[0],
                                   counts.sum[1] + counts.overflow[1])
-                self._churn_before += old.churn
                 self._current = (spec, new)
-                old.clear()  # its keys go back to the shared budget
+                self._empty(old)
 
     def run(self) -> None:
         bind_retry = 0.0  # the first attempt to bind again is immediate

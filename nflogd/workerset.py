@@ -29,7 +29,7 @@ class WorkerSet:
             assert w.cfg.group not in self._workers, w.cfg.group
             self._workers[w.cfg.group] = w
 
-    def remove(self, group: int) -> GroupWorker:
+    def remove(self, group: int) -> None:
         """Stop and remove the group's worker; its aggregator's keys go back to the shared budget
         now, not when the last reference goes."""
         w = self.get(group)
@@ -41,7 +41,6 @@ class WorkerSet:
             self._retired_overflow += w.churn.remainder_records
             del self._workers[group]
         w.release()
-        return w
 
     def get(self, group: int) -> GroupWorker | None:
         with self._lock:

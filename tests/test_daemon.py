@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytest
 from conftest import NFLOGD, RunningDaemon, Scrape, promtool_check
@@ -343,11 +343,22 @@ def test_bad_config_on_reload_keeps_the_old_one(make_netns, start_daemon) -> Non
 
 # --- 4. max_series overflow -------------------------------------------------------------------
 
+def _p_rules(ns: Netns, ks: Sequence[int], group: Callable[[int], int] = lambda k: 10) -> None:
+    """One rule per k: UDP to port 6000 + k, logged with prefix "p<k>" to group(k), counted."""
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
+           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group {group(k)} '
+                       f'comment "p{k}"' for k in ks) + "\n }\n}\n")
+
+
+def assert_never_dips(name: str, seen: Sequence[float]) -> None:
+    """A counter read at each scrape never went down (a dip is a reset to Prometheus)."""
+    dips = [(i, a, b) for i, (a, b) in enumerate(zip(seen, seen[1:])) if b < a]
+    assert not dips, f"{name}: {len(dips)} of {len(seen)} scrapes went down: {dips[:5]}"
+
+
 def test_max_series_overflow_counts_everything(make_netns, start_daemon) -> None:
     ns = make_netns("ovf")
-    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
-           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group 10 comment "p{k}"'
-                       for k in range(1, 6)) + "\n }\n}\n")
+    _p_rules(ns, range(1, 6))
     d = start_daemon(ns, "max_series: 2\ngroups:\n  - group: 10\n    timeout: 0.2\n")
     # p1 and p2 first, so they are the two label sets that fit.
     ns.send_udp("127.0.0.1", 6001, 3, 11)
@@ -380,9 +391,7 @@ def _lo_p(k: int) -> dict[str, str]:
 
 def test_removed_group_gives_its_series_back_to_max_series(make_netns, start_daemon) -> None:
     ns = make_netns("budget")
-    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
-           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group {10 + k // 2} '
-                       f'comment "p{k}"' for k in range(4)) + "\n }\n}\n")
+    _p_rules(ns, range(4), lambda k: 10 + k // 2)
     d = start_daemon(ns, "max_series: 2\ngroups:\n  - {group: 10, timeout: 0.2}\n")
     ns.send_udp("127.0.0.1", 6000, 3, 10)
     ns.send_udp("127.0.0.1", 6001, 4, 10)
@@ -407,9 +416,7 @@ def test_overflow_total_never_dips_while_groups_are_removed(make_netns, start_da
     or in the total of removed groups, never in neither: a counter that dips is a reset to
     Prometheus, and rate() would show a burst that never was."""
     ns = make_netns("dip")
-    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
-           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group 10 comment "p{k}"'
-                       for k in range(3)) + "\n }\n}\n")
+    _p_rules(ns, range(3))
     both = "max_series: 1\ngroups:\n  - {group: 10, timeout: 0.1}\n  - {group: 11, timeout: 0.1}\n"
     d = start_daemon(ns, both, switch_interval=1e-6)
     seen: list[float] = []
@@ -439,8 +446,7 @@ def test_overflow_total_never_dips_while_groups_are_removed(make_netns, start_da
     finally:
         stop.set()
         scraper.join()
-    dips = [(i, a, b) for i, (a, b) in enumerate(zip(seen, seen[1:])) if b < a]
-    assert not dips, f"{len(dips)} of {len(seen)} scrapes went down: {dips[:5]}"
+    assert_never_dips("nflogd_series_overflow_records_total", seen)
     assert d.scrape().value("nflogd_series_overflow_records_total") == overflow
 
 
@@ -450,9 +456,7 @@ def test_series_counters_never_reset_when_a_reload_replaces_the_aggregator(
     (nflogd_series_admitted_total, the overflow records) are counters: they carry on from what
     the old one counted, where they once started again from 0 (a dip, read as a reset)."""
     ns = make_netns("swap")
-    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
-           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group 10 comment "p{k}"'
-                       for k in range(3)) + "\n }\n}\n")
+    _p_rules(ns, range(3))
     config = ("max_series: 1\nlabels: [group, prefix, saddr]\naddress_mask: {{ipv4: {}}}\n"
               "groups:\n  - {{group: 10, timeout: 0.1}}\n")
     d = start_daemon(ns, config.format(32))
@@ -485,9 +489,7 @@ def test_reload_storm_of_new_tables_and_groups_keeps_every_counter_monotone(
     daemon's threads switching every 10 us: no scrape fails, no counter of a group that stays
     goes down, and what group 10 exported equals its nft counters at the end."""
     ns = make_netns("storm")
-    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0;\n"
-           + "\n".join(f'udp dport {6000 + k} counter log prefix "p{k}" group {10 + k % 2} '
-                       f'comment "p{k}"' for k in range(4)) + "\n }\n}\n")
+    _p_rules(ns, range(4), lambda k: 10 + k % 2)
     configs = [("max_series: 2\nlabels: [group, prefix, saddr, dport]\n"
                 f"address_mask: {{ipv4: {mask}}}\nnetworks: [{{name: lo, cidr: 127.0.0.0/{mask}}}]\n"
                 "groups:\n  - {group: 10, timeout: 0.05}\n"
@@ -528,8 +530,7 @@ def test_reload_storm_of_new_tables_and_groups_keeps_every_counter_monotone(
         scraper.join()
     assert not failed, failed[0]
     for name, seen in counters.items():
-        dips = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
-        assert not dips, f"{name}: {len(dips)} of {len(seen)} scrapes went down: {dips[:5]}"
+        assert_never_dips(name, seen)
     assert s.total(BYTES, group="10") == nft["p0"][1] + nft["p2"][1]
     assert s.value("nflogd_messages_lost_total", group="10") == 0
 
